@@ -1,0 +1,1 @@
+"""DC-IGN: Deep Convolutional Inverse Graphics Network in Keras 3 / TensorFlow."""

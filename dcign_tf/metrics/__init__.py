@@ -1,0 +1,1 @@
+"""Disentanglement and reconstruction metrics."""

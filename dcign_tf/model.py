@@ -1,0 +1,352 @@
+"""The DC-IGN network and its training step (Kulkarni et al. 2015, §3).
+
+Encoder: three 5x5 convolutions (96, 48, 24 maps), each followed by 2x2 max-pooling and a
+ReLU, then two dense heads giving the posterior mean and log-variance of the graphics code z.
+Decoder: dense -> 24 x s x s, then four blocks of nearest-neighbour 2x upsampling and a 7x7
+valid convolution (48, 96, 96, 1 maps), ReLU between blocks and a sigmoid at the end.
+
+The training step implements the paper's procedure for a batch of groups in which one factor
+changes: the latents of the other factors are clamped to their group mean before sampling, and
+their gradient is replaced by `invariance_weight * (h - group mean of h)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dcign_tf import latents
+
+MODES = ("dcign", "baseline")
+
+# Each decoder block doubles the map and a 7x7 valid convolution takes 6 off it, so four blocks
+# turn an s x s map into 16 s - 90 pixels (15 -> 150 for the paper's size).
+_DECODER_BLOCKS = 4
+_DECODER_KERNEL = 7
+_ENCODER_KERNEL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. The defaults are the paper's 150x150 network."""
+
+    image_size: int = 150
+    num_latents: int = 200
+    encoder_filters: tuple[int, ...] = (96, 48, 24)
+    decoder_filters: tuple[int, ...] = (48, 96, 96)
+    # "valid" as in the paper; "same" keeps small images (32x32) from shrinking to nothing;
+    # "auto" picks "valid" when it leaves at least a 2x2 map.
+    encoder_padding: str = "auto"
+
+    def __post_init__(self):
+        if not 16 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
+        if len(self.encoder_filters) != 3 or len(self.decoder_filters) != 3:
+            raise ValueError("encoder_filters and decoder_filters take three widths each (the paper's 96,48,24 and 48,96,96)")
+        if min(self.encoder_filters + self.decoder_filters) < 1 or self.num_latents < 1:
+            raise ValueError("filter widths and num_latents must be positive")
+        if self.encoder_padding not in ("auto", "valid", "same"):
+            raise ValueError(f"encoder_padding must be auto, valid or same, got {self.encoder_padding!r}")
+        if self.resolved_encoder_padding == "valid" and encoder_output_size(self.image_size, "valid") < 1:
+            raise ValueError(f"image_size {self.image_size} is too small for valid 5x5 convolutions; use encoder_padding=same")
+
+    @property
+    def resolved_encoder_padding(self) -> str:
+        if self.encoder_padding != "auto":
+            return self.encoder_padding
+        return "valid" if encoder_output_size(self.image_size, "valid") >= 2 else "same"
+
+
+def encoder_output_size(image_size: int, padding: str) -> int:
+    """Side of the encoder's last feature map: three (5x5 conv, 2x2 pool) stages."""
+    size = image_size
+    for _ in range(3):
+        if padding == "valid":
+            size -= _ENCODER_KERNEL - 1
+        size //= 2
+    return size
+
+
+def decoder_start_size(image_size: int) -> int:
+    """Side s of the decoder's first map: the smallest with 16 s - 90 >= image_size."""
+    return math.ceil((image_size + 90) / 16)
+
+
+def build_encoder(config: ModelConfig) -> keras.Model:
+    """images [B, S, S, 1] in [0, 1] -> (posterior mean [B, L], log-variance [B, L])."""
+    images = keras.Input((config.image_size, config.image_size, 1), name="images")
+    features = images
+    for index, filters in enumerate(config.encoder_filters):
+        features = keras.layers.Conv2D(filters, _ENCODER_KERNEL, padding=config.resolved_encoder_padding,
+                                       name=f"conv{index + 1}")(features)
+        features = keras.layers.MaxPooling2D(2, name=f"pool{index + 1}")(features)
+        features = keras.layers.ReLU(name=f"relu{index + 1}")(features)
+    features = keras.layers.Flatten(name="flatten")(features)
+    # The heads stay float32 under mixed precision: the KL and the clamp need the precision.
+    mean = keras.layers.Dense(config.num_latents, name="mean", dtype="float32")(features)
+    log_variance = keras.layers.Dense(config.num_latents, name="log_variance", dtype="float32")(features)
+    return keras.Model(images, [mean, log_variance], name="encoder")
+
+
+def build_decoder(config: ModelConfig) -> keras.Model:
+    """latents z [B, L] -> pixel logits [B, S, S, 1] (the Bernoulli means are their sigmoid)."""
+    start = decoder_start_size(config.image_size)
+    channels = config.encoder_filters[-1]
+    z = keras.Input((config.num_latents,), name="z")
+    features = keras.layers.Dense(start * start * channels, activation="relu", name="dense")(z)
+    features = keras.layers.Reshape((start, start, channels), name="reshape")(features)
+    widths = list(config.decoder_filters) + [1]
+    for index, filters in enumerate(widths):
+        features = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{index + 1}")(features)
+        last = index == len(widths) - 1
+        features = keras.layers.Conv2D(filters, _DECODER_KERNEL, padding="valid", activation=None if last else "relu",
+                                       dtype="float32" if last else None, name=f"deconv{index + 1}")(features)
+    excess = 16 * start - 90 - config.image_size
+    if excess:
+        # The paper's sizes fit exactly (150); other sizes are cut to the centre.
+        features = keras.layers.Cropping2D(((excess // 2, excess - excess // 2),) * 2, name="crop")(features)
+    return keras.Model(z, features, name="decoder")
+
+
+def sgvb_terms(images, logits, mean, log_variance):
+    """Per-image SGVB terms.
+
+    Args:
+      images: [B, S, S, 1] in [0, 1] (the Bernoulli targets).
+      logits: decoder outputs [B, S, S, 1].
+      mean, log_variance: posterior parameters [B, L].
+
+    Returns:
+      (reconstruction [B]: binary cross-entropy summed over pixels, in nats;
+       kl [B]: KL(q(z|x) || N(0, I)), in nats).
+    """
+    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits)
+    reconstruction = tf.reduce_sum(cross_entropy, axis=[1, 2, 3])
+    kl = -0.5 * tf.reduce_sum(1.0 + log_variance - tf.square(mean) - tf.exp(log_variance), axis=1)
+    return reconstruction, kl
+
+
+@keras.saving.register_keras_serializable(package="dcign_tf")
+class DCIGN(keras.Model):
+    """DC-IGN: a convolutional VAE whose train_step clamps inactive latents to the group mean.
+
+    Batches are dicts (see dcign_tf.data.input_pipeline):
+      images: [groups, group_size, S, S, 1] in [0, 1]
+      active_factor: [groups] int, index into `factor_names` of the factor each group varies.
+
+    Args:
+      factor_names: the data's factors, in the data's order (active_factor indexes it).
+      latent_layout: a `LatentLayout` spec string, e.g. "azimuth=0,elevation=1,light=2,identity=rest".
+      mode: "dcign" (clamped, the paper's method) or "baseline" (plain SGVB, §4.1.1's comparison).
+      invariance_weight: scale of the pull of clamped latents toward their group mean (paper: 1/100).
+      kl_weight: weight of the KL term in the training loss (1 is the true lower bound).
+      seed: seed of the reparameterisation noise.
+    """
+
+    def __init__(self, factor_names, latent_layout, image_size=150, num_latents=200,
+                 encoder_filters=(96, 48, 24), decoder_filters=(48, 96, 96), encoder_padding="auto",
+                 mode="dcign", invariance_weight=0.01, kl_weight=1.0, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.config = ModelConfig(image_size=image_size, num_latents=num_latents,
+                                  encoder_filters=tuple(encoder_filters), decoder_filters=tuple(decoder_filters),
+                                  encoder_padding=encoder_padding)
+        self.factor_names = list(factor_names)
+        self.layout = latents.LatentLayout.parse(latent_layout, num_latents)
+        self.mode = mode
+        self.invariance_weight = float(invariance_weight)
+        self.kl_weight = float(kl_weight)
+        self.seed = int(seed)
+        # Row f: 1 on the latents of factor f, the ones that stay free in f's groups.
+        self.active_masks = tf.constant(self.layout.active_mask(self.factor_names))
+        self.encoder = build_encoder(self.config)
+        self.decoder = build_decoder(self.config)
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.invariance_tracker = keras.metrics.Mean(name="invariance")
+        self.factor_reconstruction_trackers = [keras.metrics.Mean(name=f"reconstruction_{name}")
+                                               for name in self.factor_names]
+        self.mse_tracker = keras.metrics.Mean(name="mse")
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.invariance_tracker,
+                *self.factor_reconstruction_trackers, self.mse_tracker]
+
+    @property
+    def train_metric_names(self):
+        return ["loss", "reconstruction", "kl", "invariance"] + [t.name for t in self.factor_reconstruction_trackers]
+
+    # The learned rendering engine: encode, change latents, decode.
+    def encode(self, images, training=False):
+        """images [B, S, S, 1] in [0, 1] -> (posterior mean [B, L], log-variance [B, L])."""
+        return self.encoder(images, training=training)
+
+    def decode(self, z, training=False):
+        """latents [B, L] -> images [B, S, S, 1] in [0, 1] (the Bernoulli means)."""
+        return tf.sigmoid(self.decoder(z, training=training))
+
+    def call(self, images, training=False):
+        """Reconstructs images [B, S, S, 1] from their posterior means."""
+        mean, _ = self.encode(images, training=training)
+        return self.decode(mean, training=training)
+
+    def reparameterisation_noise(self, groups, group_size, step):
+        """Standard normal noise [groups, group_size, L] for this replica's groups.
+
+        Drawn for the whole global batch from (seed, step) and sliced by replica, so that N
+        replicas see exactly the noise one device would, and no two replicas share noise.
+        """
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        noise = tf.random.stateless_normal([groups * replicas, group_size, self.config.num_latents], seed=seed)
+        return noise[replica * groups:(replica + 1) * groups]
+
+    def compute_gradients(self, batch, noise=None):
+        """The paper's training signal for one batch of groups.
+
+        Returns:
+          (terms, gradients): `terms` holds per-image `reconstruction` and `kl` [B], the
+          pre-clamp encoder outputs `mean`/`log_variance` [groups, G, L], the `active` mask
+          [groups, 1, L], and `latent_gradients` (d objective / d mean, d objective /
+          d log-variance) [groups, G, L] after the rewrite; `gradients` are aligned with
+          `self.trainable_variables`. The objective is the per-image loss averaged over the
+          global batch, so every gradient carries the same 1/global_batch factor; in the
+          paper's batch-summed convention a clamped latent's gradient is exactly
+          invariance_weight * (h - group mean).
+        """
+        images = tf.convert_to_tensor(batch["images"], self.compute_dtype)
+        groups, group_size = images.shape[0], images.shape[1]
+        if groups is None or group_size is None:
+            raise ValueError("batches need a static [groups, group_size] shape (batch with drop_remainder=True)")
+        flat_images = tf.reshape(images, [groups * group_size, *images.shape[2:]])
+        context = tf.distribute.get_replica_context()
+        global_batch = groups * group_size * (context.num_replicas_in_sync if context is not None else 1)
+        active = tf.gather(self.active_masks, tf.cast(batch["active_factor"], tf.int32))[:, None, :]
+        if noise is None:
+            noise = self.reparameterisation_noise(groups, group_size, self.optimizer.iterations)
+        clamp = self.mode == "dcign"
+
+        with tf.GradientTape(persistent=clamp) as tape:
+            flat_mean, flat_log_variance = self.encoder(flat_images, training=True)
+            mean = tf.reshape(flat_mean, [groups, group_size, -1])
+            log_variance = tf.reshape(flat_log_variance, [groups, group_size, -1])
+            if clamp:
+                # Forward: the inactive factors' latents become their group mean.
+                clamped_mean = latents.clamp_to_group_mean(mean, active)
+                clamped_log_variance = latents.clamp_to_group_mean(log_variance, active)
+            else:
+                clamped_mean, clamped_log_variance = mean, log_variance
+            z = clamped_mean + tf.exp(0.5 * clamped_log_variance) * noise
+            logits = self.decoder(tf.reshape(z, [groups * group_size, -1]), training=True)
+            reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32),
+                                            tf.reshape(clamped_mean, [groups * group_size, -1]),
+                                            tf.reshape(clamped_log_variance, [groups * group_size, -1]))
+            # Summed over this replica's images and divided by the global batch: the SUM
+            # all-reduce of gradients then gives the global mean.
+            loss = tf.reduce_sum(reconstruction + self.kl_weight * kl) / global_batch
+            scaled_loss = loss * self._loss_scale()
+
+        encoder_variables = self.encoder.trainable_variables
+        decoder_variables = self.decoder.trainable_variables
+        if clamp:
+            decoder_gradients, clamped_gradients = tape.gradient(
+                scaled_loss, [decoder_variables, [clamped_mean, clamped_log_variance]])
+            # Backward: the active latents keep their SGVB gradient; the clamped ones get only
+            # the pull toward their group mean, scaled like the objective.
+            invariance_scale = self.invariance_weight * self._loss_scale() / global_batch
+            latent_gradients = [
+                active * gradient + latents.invariance_gradient(values, active, invariance_scale)
+                for gradient, values in zip(clamped_gradients, [mean, log_variance])]
+            encoder_gradients = tape.gradient([mean, log_variance], encoder_variables,
+                                              output_gradients=latent_gradients)
+            del tape
+        else:
+            encoder_gradients, decoder_gradients, latent_gradients = tape.gradient(
+                scaled_loss, [encoder_variables, decoder_variables, [mean, log_variance]])
+        by_variable = {id(variable): gradient for variable, gradient in
+                       zip(encoder_variables + decoder_variables, encoder_gradients + decoder_gradients)}
+        gradients = [by_variable[id(variable)] for variable in self.trainable_variables]
+        terms = dict(reconstruction=reconstruction, kl=kl, mean=mean, log_variance=log_variance, active=active,
+                     latent_gradients=latent_gradients, loss=loss)
+        return terms, gradients
+
+    def _loss_scale(self):
+        """The mixed-precision loss scale (1 without one): the rewritten gradients need it too."""
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer.scale_loss(tf.constant(1.0)) if optimizer is not None else 1.0
+
+    def train_step(self, batch):
+        terms, gradients = self.compute_gradients(batch)
+        self.optimizer.apply(gradients, self.trainable_variables)
+
+        per_image = terms["reconstruction"] + self.kl_weight * terms["kl"]
+        self.loss_tracker.update_state(per_image)
+        self.reconstruction_tracker.update_state(terms["reconstruction"])
+        self.kl_tracker.update_state(terms["kl"])
+        # Diagnostic in both modes: how far the would-be-clamped latents stray from their group mean.
+        deviation = 0.5 * (latents.clamped_deviation(terms["mean"], terms["active"])
+                           + latents.clamped_deviation(terms["log_variance"], terms["active"]))
+        self.invariance_tracker.update_state(deviation)
+        groups = terms["mean"].shape[0]
+        group_reconstruction = tf.reduce_mean(tf.reshape(terms["reconstruction"], [groups, -1]), axis=1)
+        active_factor = tf.cast(batch["active_factor"], tf.int32)
+        for index, tracker in enumerate(self.factor_reconstruction_trackers):
+            tracker.update_state(group_reconstruction, sample_weight=tf.cast(tf.equal(active_factor, index), tf.float32))
+        return {name: tracker.result() for name, tracker in
+                zip(self.train_metric_names, self.metrics[:len(self.train_metric_names)])}
+
+    def test_step(self, batch):
+        """The lower bound with clamping off, and the per-pixel MSE of mean reconstructions."""
+        images = tf.convert_to_tensor(batch["images"], self.compute_dtype)
+        flat_images = tf.reshape(images, [-1, *images.shape[2:]])
+        mean, log_variance = self.encoder(flat_images, training=False)
+        noise = tf.random.stateless_normal(tf.shape(mean), seed=tf.constant([self.seed, -1], tf.int64))
+        logits = self.decoder(mean + tf.exp(0.5 * log_variance) * noise, training=False)
+        reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32), mean, log_variance)
+        reconstructed = self.decode(mean)
+        per_image_mse = tf.reduce_mean(tf.square(tf.cast(reconstructed, tf.float32) - flat_images), axis=[1, 2, 3])
+        self.loss_tracker.update_state(reconstruction + kl)
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(kl)
+        self.mse_tracker.update_state(per_image_mse)
+        return {"loss": self.loss_tracker.result(), "reconstruction": self.reconstruction_tracker.result(),
+                "kl": self.kl_tracker.result(), "mse": self.mse_tracker.result()}
+
+    def get_config(self):
+        return dict(factor_names=self.factor_names, latent_layout=self.layout.to_spec(),
+                    image_size=self.config.image_size, num_latents=self.config.num_latents,
+                    encoder_filters=list(self.config.encoder_filters),
+                    decoder_filters=list(self.config.decoder_filters),
+                    encoder_padding=self.config.encoder_padding, mode=self.mode,
+                    invariance_weight=self.invariance_weight, kl_weight=self.kl_weight, seed=self.seed,
+                    name=self.name)
+
+
+def flops_per_image(config: ModelConfig) -> dict:
+    """Multiply-adds x 2 of one image's forward pass, from the layer shapes.
+
+    Returns {"forward": FLOPs, "train": FLOPs}; training counts the backward pass as twice the
+    forward (gradients for inputs and for weights), the usual estimate.
+    """
+    encoder = build_encoder(config)
+    decoder = build_decoder(config)
+    total = 0
+    for layer in encoder.layers + decoder.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            out_h, out_w, out_c = layer.output.shape[1:]
+            in_c = layer.input.shape[-1]
+            total += 2 * out_h * out_w * out_c * in_c * np.prod(layer.kernel_size)
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return {"forward": int(total), "train": int(3 * total)}

@@ -1,0 +1,168 @@
+"""The network's shapes and the paper's gradient rewrite, checked numerically."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dcign_tf import model as model_lib
+from dcign_tf.model import DCIGN, ModelConfig
+
+FACTORS = ["azimuth", "light", "identity"]
+LAYOUT = "azimuth=0,light=1,identity=rest"
+
+
+def tiny_model(mode="dcign", image_size=32, **kwargs):
+    return DCIGN(FACTORS, LAYOUT, image_size=image_size, num_latents=6, encoder_filters=(4, 4, 4),
+                 decoder_filters=(4, 4, 4), mode=mode, **kwargs)
+
+
+def fixed_batch(groups=2, group_size=3, size=32, active=(0, 2)):
+    rng = np.random.default_rng(1)
+    images = rng.uniform(size=(groups, group_size, size, size, 1)).astype(np.float32)
+    return {"images": images, "active_factor": np.array(active, np.int32)}
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128, 150])
+def test_decoder_mirrors_the_encoder_at_every_size(image_size):
+    network = tiny_model(image_size=image_size)
+    images = np.random.default_rng(0).uniform(size=(2, image_size, image_size, 1)).astype(np.float32)
+    reconstruction = network(images).numpy()
+    assert reconstruction.shape == images.shape
+    assert 0.0 <= reconstruction.min() and reconstruction.max() <= 1.0
+
+
+def test_paper_architecture_at_150():
+    config = ModelConfig()
+    encoder = model_lib.build_encoder(config)
+    decoder = model_lib.build_decoder(config)
+    assert encoder.get_layer("pool3").output.shape[1:] == (15, 15, 24)   # 24 x 15 x 15 = 5400
+    assert [encoder.get_layer(f"conv{i}").output.shape[1] for i in (1, 2, 3)] == [146, 69, 30]
+    assert decoder.get_layer("reshape").output.shape[1:] == (15, 15, 24)
+    assert [decoder.get_layer(f"deconv{i}").output.shape[1] for i in (1, 2, 3, 4)] == [24, 42, 78, 150]
+    assert [decoder.get_layer(f"deconv{i}").filters for i in (1, 2, 3, 4)] == [48, 96, 96, 1]
+    assert encoder.output[0].shape[-1] == 200
+    with pytest.raises(ValueError):
+        decoder.get_layer("crop")  # 150 fits exactly, no cropping
+
+
+def test_small_images_fall_back_to_same_padding():
+    assert ModelConfig(image_size=32).resolved_encoder_padding == "same"
+    assert ModelConfig(image_size=64).resolved_encoder_padding == "valid"
+    with pytest.raises(ValueError, match="too small"):
+        ModelConfig(image_size=32, encoder_padding="valid")
+
+
+def _reference_sgvb_gradients(network, batch, noise, mode):
+    """d(mean per-image SGVB loss)/d(latent parameters), by plain autodiff on a hand-built clamp."""
+    images = batch["images"]
+    groups, group_size = images.shape[:2]
+    flat = images.reshape(groups * group_size, *images.shape[2:])
+    mean, log_variance = [t.numpy().reshape(groups, group_size, -1) for t in network.encoder(flat)]
+    if mode == "dcign":
+        active = network.layout.active_mask(FACTORS)[batch["active_factor"]][:, None, :].astype(bool)
+        mean = np.where(active, mean, mean.mean(axis=1, keepdims=True))
+        log_variance = np.where(active, log_variance, log_variance.mean(axis=1, keepdims=True))
+    mean = tf.Variable(mean)
+    log_variance = tf.Variable(log_variance)
+    with tf.GradientTape() as tape:
+        z = mean + tf.exp(0.5 * log_variance) * noise
+        logits = network.decoder(tf.reshape(z, [groups * group_size, -1]))
+        reconstruction, kl = model_lib.sgvb_terms(flat, logits, tf.reshape(mean, [groups * group_size, -1]),
+                                                  tf.reshape(log_variance, [groups * group_size, -1]))
+        loss = tf.reduce_mean(reconstruction + kl)
+    return [g.numpy() for g in tape.gradient(loss, [mean, log_variance])]
+
+
+def test_gradient_rewrite_matches_the_paper():
+    network = tiny_model(invariance_weight=0.01)
+    batch = fixed_batch()
+    noise = tf.random.stateless_normal([2, 3, 6], seed=[3, 4])
+    terms, _ = network.compute_gradients(batch, noise=noise)
+    h = [terms["mean"].numpy(), terms["log_variance"].numpy()]
+    rewritten = [g.numpy() for g in terms["latent_gradients"]]
+    active = terms["active"].numpy().astype(bool)
+    assert active[0, 0].tolist() == [True, False, False, False, False, False]    # azimuth group
+    assert active[1, 0].tolist() == [False, False, True, True, True, True]       # identity group
+    inactive = np.broadcast_to(~active, h[0].shape)
+    global_batch = 6
+    reference = _reference_sgvb_gradients(network, batch, noise, "dcign")
+    for values, gradient, sgvb_gradient in zip(h, rewritten, reference):
+        # Clamped latents: exactly invariance_weight * (h - group mean), per image of the summed objective.
+        expected = 0.01 * (values - values.mean(axis=1, keepdims=True))
+        np.testing.assert_allclose(gradient[inactive] * global_batch, expected[inactive], rtol=1e-4, atol=1e-7)
+        assert np.abs(expected[inactive]).max() > 1e-4    # not trivially zero
+        # Active latents: the ordinary SGVB gradient, unchanged.
+        np.testing.assert_allclose(gradient[~inactive], sgvb_gradient[~inactive], rtol=1e-4, atol=1e-6)
+        assert np.abs(sgvb_gradient[~inactive]).max() > 1e-4
+
+
+def test_rewritten_gradient_reaches_the_encoder_weights():
+    """The encoder's gradients are the backprop of the rewritten latent gradients, checked against
+    an equivalent surrogate loss: SGVB on the stop-gradient clamp + (w/2)(h - mean)^2 on clamped latents."""
+    network = tiny_model(invariance_weight=0.5)
+    batch = fixed_batch()
+    noise = tf.random.stateless_normal([2, 3, 6], seed=[5, 6])
+    _, gradients = network.compute_gradients(batch, noise=noise)
+    flat = batch["images"].reshape(6, 32, 32, 1)
+    active = tf.constant(network.layout.active_mask(FACTORS)[batch["active_factor"]][:, None, :])
+    with tf.GradientTape() as tape:
+        mean, log_variance = [tf.reshape(t, [2, 3, -1]) for t in network.encoder(flat)]
+        pinned = [active * v + (1 - active) * tf.stop_gradient(tf.reduce_mean(v, 1, keepdims=True))
+                  for v in (mean, log_variance)]
+        z = pinned[0] + tf.exp(0.5 * pinned[1]) * noise
+        logits = network.decoder(tf.reshape(z, [6, -1]))
+        reconstruction, kl = model_lib.sgvb_terms(flat, logits, tf.reshape(pinned[0], [6, -1]),
+                                                  tf.reshape(pinned[1], [6, -1]))
+        penalty = sum(tf.reduce_sum((1 - active) * tf.square(v - tf.stop_gradient(tf.reduce_mean(v, 1, keepdims=True))))
+                      for v in (mean, log_variance))
+        surrogate = (tf.reduce_sum(reconstruction + kl) + 0.5 * 0.5 * penalty) / 6
+    expected = tape.gradient(surrogate, network.trainable_variables)
+    for got, want in zip(gradients, expected):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-4, atol=1e-6)
+
+
+def test_invariance_gradient_pulls_toward_the_mean():
+    """A gradient-descent step on the rewritten gradient moves clamped latents toward their mean
+    (the released Torch code pushes them away)."""
+    values = tf.constant([[[0.0], [1.0], [5.0]]])
+    active = tf.zeros([1, 1, 1])
+    gradient = model_lib.latents.invariance_gradient(values, active, 1.0)
+    moved = values - 0.1 * gradient
+    spread = lambda v: float(tf.math.reduce_std(v))  # noqa: E731
+    assert spread(moved) < spread(values)
+    assert np.allclose(moved.numpy(), values.numpy() - 0.1 * (values.numpy() - 2.0))
+
+
+def test_baseline_gets_plain_sgvb_gradients():
+    network = tiny_model(mode="baseline")
+    batch = fixed_batch()
+    noise = tf.random.stateless_normal([2, 3, 6], seed=[7, 8])
+    terms, _ = network.compute_gradients(batch, noise=noise)
+    reference = _reference_sgvb_gradients(network, batch, noise, "baseline")
+    for got, want in zip(terms["latent_gradients"], reference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_several_groups_each_use_their_own_statistics():
+    network = tiny_model()
+    batch = fixed_batch(groups=3, active=(1, 1, 0))
+    terms, _ = network.compute_gradients(batch, noise=tf.zeros([3, 3, 6]))
+    h = terms["mean"].numpy()
+    gradient = terms["latent_gradients"][0].numpy() * 9
+    # Group 2 (azimuth active): latent 1 is clamped to group 2's own mean.
+    np.testing.assert_allclose(gradient[2, :, 1], 0.01 * (h[2, :, 1] - h[2, :, 1].mean()), rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(gradient[0, :, 0], 0.01 * (h[0, :, 0] - h[0, :, 0].mean()), rtol=1e-4, atol=1e-8)
+
+
+def test_fit_and_evaluate_run_and_report_the_metrics():
+    network = tiny_model()
+    network.compile(optimizer="adam", jit_compile=False)
+    batch = fixed_batch()
+    dataset = tf.data.Dataset.from_tensors(batch).repeat(4)
+    history = network.fit(dataset, epochs=1, verbose=0)
+    assert set(history.history) >= {"loss", "reconstruction", "kl", "invariance", "reconstruction_azimuth",
+                                     "reconstruction_identity", "reconstruction_light"}
+    assert history.history["reconstruction_light"][0] == 0.0  # no light groups were seen
+    results = network.evaluate(dataset, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "reconstruction", "kl", "mse"}
+    assert 0.0 < results["mse"] < 1.0

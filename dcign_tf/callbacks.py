@@ -1,0 +1,239 @@
+"""What happens around the train step: summaries, evaluation, checkpoints, stopping, progress."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from dcign_tf import visualize
+
+
+class SummaryBuffer:
+    """TensorBoard summaries held in memory until `commit`, which writes and flushes them.
+
+    The training job commits right after each checkpoint, so the event files never run ahead
+    of the last checkpoint: a run killed between checkpoints resumes without duplicate steps.
+    """
+
+    def __init__(self, logdir: str | None):
+        self._writer = tf.summary.create_file_writer(logdir) if logdir else None
+        self._pending: list[tuple[str, str, object, int]] = []
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._pending.append(("scalar", tag, float(value), int(step)))
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """image [H, W] in [0, 1]."""
+        if self._writer is not None:
+            self._pending.append(("image", tag, np.asarray(image, np.float32), int(step)))
+
+    def commit(self) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default():
+            for kind, tag, value, step in self._pending:
+                if kind == "scalar":
+                    tf.summary.scalar(tag, value, step=step)
+                else:
+                    tf.summary.image(tag, value[None, :, :, None], step=step, max_outputs=1)
+        self._writer.flush()
+        self._pending.clear()
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+
+def crossed(interval: int, previous_step: int, step: int) -> bool:
+    """Whether a multiple of `interval` lies in (previous_step, step]."""
+    return interval > 0 and step // interval > previous_step // interval
+
+
+class RunLoop(keras.callbacks.Callback):
+    """Drives a run's schedule from the global step (the optimizer's iteration count).
+
+    Every Keras "epoch" of `log_every` steps it logs the mean training metrics; on their own
+    intervals it evaluates on the test set, draws image panels and saves a checkpoint (then
+    commits the summaries). It stops the run at `total_steps`, on a NaN loss (keeping the last
+    good checkpoint and naming the step), and on SIGTERM (after saving a checkpoint).
+
+    Args:
+      manager: a `tf.train.CheckpointManager` (a scratch one on non-chief workers).
+      summaries: the run's `SummaryBuffer`.
+      total_steps: the step to stop at.
+      evaluate: a callable returning test metrics {name: value}, or None.
+      panel_images: [N, S, S, 1] test images for reconstructions and sweeps, or None.
+      global_batch_images: images per step, for the throughput scalar.
+    """
+
+    def __init__(self, manager, summaries: SummaryBuffer, total_steps: int, *, checkpoint_every: int,
+                 eval_every: int = 0, image_every: int = 0, evaluate=None, panel_images=None,
+                 global_batch_images: int = 1):
+        super().__init__()
+        self.manager = manager
+        self.summaries = summaries
+        self.total_steps = total_steps
+        self.checkpoint_every = checkpoint_every
+        self.eval_every = eval_every
+        self.image_every = image_every
+        self.evaluate = evaluate
+        self.panel_images = panel_images
+        self.global_batch_images = global_batch_images
+        self.nan_step = None
+        self.terminated_at = None
+        self._terminate_requested = False
+        self._last = {}
+        self._clock = None
+
+    # Outcome.
+    @property
+    def last_checkpoint_step(self) -> int | None:
+        latest = self.manager.latest_checkpoint
+        return int(latest.rsplit("-", 1)[-1]) if latest else None
+
+    def request_termination(self, signum=None, frame=None):
+        """Signal handler: finish the current step, save a checkpoint, stop."""
+        del frame
+        logging.warning("received signal %s: saving a checkpoint and stopping", signum)
+        self._terminate_requested = True
+
+    def install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self.request_termination)
+
+    # Keras hooks.
+    def step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        step = self.step()
+        self._last = {"checkpoint": step, "eval": step, "image": step, "log": step}
+        self._clock = (time.perf_counter(), step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step()
+        loss = float(logs["loss"]) if logs and "loss" in logs else 0.0
+        if not math.isfinite(loss):
+            self.nan_step = step
+            self.model.stop_training = True
+            return
+        if self._terminate_requested:
+            self.save(step)
+            self.terminated_at = step
+            self.model.stop_training = True
+        elif step >= self.total_steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_step is not None:
+            return
+        step = self.step()
+        if step == self._last["log"]:
+            return  # Nothing trained in this epoch (e.g. stopped on its first step).
+        self.log_scalars(step, logs or {})
+        if self.evaluate is not None and (crossed(self.eval_every, self._last["eval"], step)
+                                          or (step >= self.total_steps and self.eval_every)):
+            for name, value in self.evaluate().items():
+                self.summaries.scalar(f"test/{name}", value, step)
+            self._last["eval"] = step
+        if self.panel_images is not None and (crossed(self.image_every, self._last["image"], step)
+                                              or step >= self.total_steps):
+            self.log_images(step)
+            self._last["image"] = step
+        if crossed(self.checkpoint_every, self._last["checkpoint"], step) or step >= self.total_steps:
+            self.save(step)
+
+    def on_train_end(self, logs=None):
+        if self.nan_step is not None:
+            # The weights are NaN now; what was logged since the last checkpoint goes with them.
+            self.summaries.discard()
+            return
+        step = self.step()
+        if self.terminated_at is None and step != self._last["checkpoint"]:
+            self.save(step)
+
+    # Work.
+    def save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+        self.summaries.commit()
+        self._last["checkpoint"] = step
+
+    def log_scalars(self, step: int, logs: dict) -> None:
+        for name, value in logs.items():
+            if name.startswith("reconstruction_") and value == 0.0:
+                continue  # No group of that factor in this interval.
+            self.summaries.scalar(f"train/{name}", value, step)
+        learning_rate = self.model.optimizer.learning_rate
+        self.summaries.scalar("train/learning_rate", float(np.asarray(learning_rate)), step)
+        now, then_step = time.perf_counter(), self._clock[1]
+        if step > then_step:
+            images_per_second = (step - then_step) * self.global_batch_images / (now - self._clock[0])
+            self.summaries.scalar("train/images_per_second", images_per_second, step)
+        self._clock = (now, step)
+        self._last["log"] = step
+
+    def log_images(self, step: int) -> None:
+        model = self.model
+        self.summaries.image("images/reconstructions", visualize.reconstruction_panel(model, self.panel_images), step)
+        for factor, grid in visualize.factor_sweeps(model, self.panel_images).items():
+            self.summaries.image(f"sweeps/{factor}", grid, step)
+
+
+class Progress(keras.callbacks.Callback):
+    """A progress bar with loss and ETA on a terminal; plain log lines every `log_every` steps otherwise."""
+
+    def __init__(self, total_steps: int, log_every: int, mode: str = "auto"):
+        super().__init__()
+        self.total_steps = total_steps
+        self.log_every = log_every
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode
+        self._bar = None
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self._start = (time.perf_counter(), step)
+        if self.mode == "bar":
+            from tqdm import tqdm
+            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.mode == "none":
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        logs = logs or {}
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            if step % 5 == 0 and "loss" in logs:
+                self._bar.set_postfix(loss=f"{float(logs['loss']):.1f}", kl=f"{float(logs.get('kl', 0)):.1f}",
+                                      refresh=False)
+        elif self.mode == "log" and (step % self.log_every == 0 or step >= self.total_steps):
+            elapsed = time.perf_counter() - self._start[0]
+            done = step - self._start[1]
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
+            logging.info("step %d/%d  loss %.2f  reconstruction %.2f  kl %.2f  invariance %.4g  %.2f steps/s  ETA %s",
+                         step, self.total_steps, float(logs.get("loss", float("nan"))),
+                         float(logs.get("reconstruction", float("nan"))), float(logs.get("kl", float("nan"))),
+                         float(logs.get("invariance", float("nan"))), rate, format_duration(eta))
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    """1234.5 -> '20:34'; NaN -> '?'."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"

@@ -1,0 +1,278 @@
+r"""Trains a DC-IGN: `python -m dcign_tf.train --flagfile=configs/faces_small.flags`.
+
+Every flag is a field of `dcign_tf.config.TrainConfig`. The run directory (--workdir) gets:
+  flags.txt            the resolved flags, reusable as a --flagfile
+  checkpoints/         resumed automatically by the same command
+  train/               TensorBoard events: scalars, image panels, latent sweeps
+  export/              dcign.keras, saved_model/ (encode, decode signatures), model_info.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as pylogging
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from dcign_tf import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """One absl flag per TrainConfig field, with its default and help."""
+    for field in dataclasses.fields(config_lib.TrainConfig):
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        if choices:
+            flags.DEFINE_enum(field.name, field.default, choices, help_text)
+        elif field.type == "bool":
+            flags.DEFINE_bool(field.name, field.default, help_text)
+        elif field.type == "int":
+            flags.DEFINE_integer(field.name, field.default, help_text)
+        elif field.type == "float":
+            flags.DEFINE_float(field.name, field.default, help_text)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text)
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+    return config_lib.TrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.TrainConfig)})
+
+
+# TensorFlow is imported below the flag definitions so that `--help` and flag errors are quick.
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from dcign_tf import callbacks as callbacks_lib  # noqa: E402
+from dcign_tf import export as export_lib  # noqa: E402
+from dcign_tf.data import input_pipeline, make_faces, records  # noqa: E402
+from dcign_tf.latents import LayoutError  # noqa: E402
+from dcign_tf.model import DCIGN  # noqa: E402
+from dcign_tf.optimizer import DCIGNRMSprop  # noqa: E402
+
+# Errors a user can fix: reported as one line, exit code 2.
+USER_ERRORS = (config_lib.ConfigError, records.DatasetError, LayoutError, export_lib.ExportError)
+EXIT_NAN = 1
+EXIT_TERMINATED = 143  # 128 + SIGTERM: the pod is restarted and resumes from the checkpoint.
+ARCHITECTURE_FIELDS = ("image_size", "num_latents", "encoder_filters", "decoder_filters", "encoder_padding")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """auto: MirroredStrategy over all GPUs when there are several, else the default strategy."""
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0
+                                                       and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def prepare_workdir(config: config_lib.TrainConfig, chief: bool) -> None:
+    """Checks that the workdir is this run's (or empty), then writes flags.txt.
+
+    A workdir holding a run with another config is refused unless --overwrite, which moves the
+    old run aside rather than deleting it.
+    """
+    workdir = config.workdir
+    flags_path = os.path.join(workdir, "flags.txt")
+    conflict = None
+    if os.path.exists(flags_path):
+        differences = config.differences(config_lib.from_flagfile(flags_path))
+        if differences:
+            conflict = f"{workdir} holds a run with another config ({'; '.join(differences[:4])})"
+    elif os.path.isdir(workdir) and os.listdir(workdir):
+        conflict = f"{workdir} is not empty and has no flags.txt, so it is not a dcign_tf run"
+    if conflict:
+        if not config.overwrite:
+            raise config_lib.ConfigError(f"{conflict}; choose another --workdir, or pass --overwrite to move it aside")
+        if chief:
+            moved = f"{workdir.rstrip('/')}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(workdir, moved)
+            logging.warning("%s; moved it to %s", conflict, moved)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        temporary = f"{flags_path}.tmp-{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(config.to_flagfile())
+        os.replace(temporary, flags_path)
+
+
+def faces_config(config: config_lib.TrainConfig) -> make_faces.FacesConfig:
+    return make_faces.FacesConfig(image_size=config.image_size, group_size=config.group_size,
+                                  groups_per_factor=config.dataset_groups_per_factor,
+                                  test_groups_per_factor=config.dataset_test_groups_per_factor,
+                                  num_shards=config.dataset_num_shards, seed=config.dataset_seed,
+                                  face_model=config.face_model)
+
+
+def prepare_dataset(config: config_lib.TrainConfig) -> records.DatasetInfo:
+    """Builds the faces set when missing (and says so), then checks it against the flags."""
+    if config.dataset == "faces":
+        info = make_faces.ensure_dataset(config.data_dir, faces_config(config), log=logging.info)
+    else:
+        info = input_pipeline.load_info(config.data_dir)
+    for name in ("image_size", "group_size"):
+        if getattr(info, name) != getattr(config, name):
+            raise config_lib.ConfigError(
+                f"--{name}={getattr(config, name)} disagrees with the dataset in {config.data_dir} "
+                f"({name} {getattr(info, name)}); set --{name}={getattr(info, name)} or use another --data_dir")
+    for split in records.SPLITS:
+        input_pipeline.check_shards(config.data_dir, split)
+    return info
+
+
+def initialise_from(run_dir: str, model: DCIGN, config: config_lib.TrainConfig) -> None:
+    """Loads another run's latest weights (not its optimizer state or step)."""
+    other = config_lib.from_flagfile(os.path.join(run_dir, "flags.txt"))
+    mismatched = [f"{name}: {getattr(other, name)} != {getattr(config, name)}" for name in ARCHITECTURE_FIELDS
+                  if getattr(other, name) != getattr(config, name)]
+    if mismatched:
+        raise config_lib.ConfigError(f"--init_from={run_dir} has another architecture ({'; '.join(mismatched)})")
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if latest is None:
+        raise config_lib.ConfigError(f"--init_from={run_dir} has no checkpoint in {run_dir}/checkpoints")
+    tf.train.Checkpoint(model=model).read(latest).assert_existing_objects_matched()
+    logging.info("initialised the weights from %s", latest)
+
+
+def panel_images(data_dir: str, info: records.DatasetInfo, per_factor: int = 2) -> np.ndarray:
+    """A fixed set of test images for TensorBoard panels: the first images of each factor's first group."""
+    images = []
+    for factor in info.factor_names:
+        dataset = input_pipeline.make_dataset(data_dir, "test", 1, factors=[factor], shuffle=False, repeat=False,
+                                              deterministic=True)
+        group = next(iter(dataset))["images"].numpy()[0]
+        images.append(group[:: max(1, len(group) // per_factor)][:per_factor])
+    return np.concatenate(images)
+
+
+def export_info(config: config_lib.TrainConfig, info: records.DatasetInfo, model: DCIGN, step: int) -> dict:
+    return {"factors": [factor.to_json() for factor in info.factors],
+            "latent_layout": {name: list(indices) for name, indices in model.layout.factor_latents.items()},
+            "image_size": config.image_size, "num_latents": config.num_latents, "mode": config.mode,
+            "step": step, "data_dir": os.path.abspath(config.data_dir), "calibration": None}
+
+
+def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None = None) -> int:
+    """Trains (or resumes) the run `config` describes. Returns the process exit code."""
+    strategy = strategy or make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    prepare_workdir(config, chief)
+    info = prepare_dataset(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.groups_per_batch % replicas:
+        raise config_lib.ConfigError(f"--groups_per_batch={config.groups_per_batch} must be a multiple of the "
+                                     f"{replicas} replicas, so that no group is split between them")
+    logging.info("strategy %s with %d replica(s); dataset %s: %s", type(strategy).__name__, replicas,
+                 config.data_dir, dict(info.splits["train"]))
+
+    keras.mixed_precision.set_global_policy(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = DCIGN(**config.model_kwargs(info.factor_names))
+        optimizer = DCIGNRMSprop(learning_rate=config.learning_rate, momentum_decay=config.momentum_decay,
+                                 update_decay=config.update_decay, epsilon=config.epsilon)
+        if config.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    checkpoint_dir = os.path.join(config.workdir, "checkpoints")
+    if not chief:
+        checkpoint_dir = os.path.join(config.workdir, f".scratch-worker-{strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.read(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s", manager.latest_checkpoint)
+    elif config.init_from:
+        initialise_from(config.init_from, model, config)
+    start_step = int(optimizer.iterations.numpy())
+
+    if start_step < config.steps:
+        outcome = train_loop(config, model, manager, info, strategy, chief, start_step)
+        if outcome != 0:
+            return outcome
+    else:
+        logging.info("the run is already at step %d of %d; nothing to train", start_step, config.steps)
+
+    step = int(optimizer.iterations.numpy())
+    if chief:
+        export_dir = os.path.join(config.workdir, "export")
+        export_lib.export_model(model, export_dir, export_info(config, info, model, step))
+        logging.info("exported step %d to %s", step, export_dir)
+    return 0
+
+
+def train_loop(config, model, manager, info, strategy, chief, start_step) -> int:
+    """Runs `model.fit` from `start_step` to `config.steps` with the run's callbacks."""
+    train_data = input_pipeline.make_dataset(
+        config.data_dir, "train", config.groups_per_batch, factor_weights=config.factor_weight_map,
+        seed=config.seed + start_step,  # A resumed run continues with fresh data order, not a replay.
+        expected_image_size=config.image_size, shuffle_buffer=config.shuffle_buffer)
+    test_groups = sum(info.splits["test"].values())
+    eval_batches = min(config.eval_batches, -(-test_groups // config.groups_per_batch))
+    eval_data = input_pipeline.make_dataset(config.data_dir, "test", config.groups_per_batch, shuffle=False,
+                                            repeat=False, deterministic=True).take(eval_batches)
+    # A known length lets Keras end the evaluation without an "ran out of data" warning.
+    eval_data = eval_data.apply(tf.data.experimental.assert_cardinality(eval_batches))
+    summaries = callbacks_lib.SummaryBuffer(os.path.join(config.workdir, "train") if chief else None)
+    run_loop = callbacks_lib.RunLoop(
+        manager, summaries, config.steps, checkpoint_every=config.checkpoint_every,
+        eval_every=config.eval_every, image_every=config.image_every,
+        evaluate=(lambda: model.evaluate(eval_data, verbose=0, return_dict=True)) if config.eval_every else None,
+        panel_images=panel_images(config.data_dir, info) if chief else None,
+        global_batch_images=config.groups_per_batch * config.group_size)
+    run_loop.install_signal_handlers()
+    progress = callbacks_lib.Progress(config.steps, config.log_every, config.progress if chief else "none")
+    logging.info("training from step %d to %d", start_step, config.steps)
+    model.fit(train_data, epochs=-(-config.steps // config.log_every), initial_epoch=start_step // config.log_every,
+              steps_per_epoch=config.log_every, callbacks=[run_loop, progress], verbose=0, shuffle=False)
+
+    if run_loop.nan_step is not None:
+        kept = run_loop.last_checkpoint_step
+        logging.error("the loss became NaN at step %d; training stopped. %s", run_loop.nan_step,
+                      f"The last good checkpoint (step {kept}) is kept in {manager.directory}."
+                      if kept is not None else "There is no checkpoint yet.")
+        return EXIT_NAN
+    if run_loop.terminated_at is not None:
+        logging.warning("stopped at step %d on SIGTERM; checkpoint saved, the same command resumes",
+                        run_loop.terminated_at)
+        return EXIT_TERMINATED
+    return 0
+
+
+class _QuietLibraries(pylogging.Filter):
+    """Drops TensorFlow's and Keras' INFO lines (checkpoint sharding, SavedModel renames): they drown the job's own."""
+
+    def filter(self, record):
+        return record.levelno >= pylogging.WARNING or not any(
+            part in record.pathname for part in ("/tensorflow/", "/keras/", "/tf_keras/"))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    try:
+        config = config_from_flags()
+        sys.exit(run(config))
+    except USER_ERRORS as error:
+        print(f"dcign_tf.train: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+define_flags()
+
+if __name__ == "__main__":
+    app.run(main)

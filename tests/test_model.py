@@ -1,5 +1,6 @@
 """The network's shapes and the paper's gradient rewrite, checked numerically."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,3 +167,30 @@ def test_fit_and_evaluate_run_and_report_the_metrics():
     results = network.evaluate(dataset, verbose=0, return_dict=True)
     assert set(results) == {"loss", "reconstruction", "kl", "mse"}
     assert 0.0 < results["mse"] < 1.0
+
+
+@pytest.mark.parametrize("size, channels", [(5, 3), (12, 2)])
+def test_subpixel_decoder_block_equals_upsample_then_convolve(size, channels):
+    inputs = np.random.default_rng(2).normal(size=(2, size, size, channels)).astype(np.float32)
+    subpixel = model_lib.UpsampleConv2D(4, 7, implementation="subpixel")
+    naive = model_lib.UpsampleConv2D(4, 7, implementation="naive")
+    subpixel.build(inputs.shape)
+    naive.build(inputs.shape)
+    kernel = np.random.default_rng(3).normal(size=(7, 7, channels, 4)).astype(np.float32)
+    for layer in (subpixel, naive):
+        layer.kernel.assign(kernel)
+        layer.bias.assign(np.arange(4, dtype=np.float32))
+    reference = keras.layers.Conv2D(4, 7, padding="valid")
+    reference.build((None, 2 * size, 2 * size, channels))
+    reference.set_weights([kernel, np.arange(4, dtype=np.float32)])
+    expected = reference(keras.layers.UpSampling2D(2, interpolation="nearest")(inputs)).numpy()
+    assert expected.shape == (2, 2 * size - 6, 2 * size - 6, 4)
+    np.testing.assert_allclose(naive(inputs).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(subpixel(inputs).numpy(), expected, rtol=1e-4, atol=1e-4)
+    # Gradients with respect to the shared 7x7 kernel agree too.
+    gradients = []
+    for layer in (subpixel, naive):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.sin(layer(inputs)))
+        gradients.append(tape.gradient(loss, layer.kernel).numpy())
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-3, atol=1e-3)

@@ -25,7 +25,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "kubernetes-validate>=1.31", "pyyaml>=6.0"],
+        "test": ["pytest>=8.0", "kubernetes-validate>=1.31", "jsonschema>=4.18", "pyyaml>=6.0"],
         "cuda": ["tensorflow[and-cuda]>=2.18"],
         "torch": ["torch>=2.4"],
     },

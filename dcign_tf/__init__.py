@@ -2,6 +2,6 @@
 
 import os
 
-# TensorFlow's C++ start-up INFO/WARNING lines (oneDNN, CUDA probing) bury the job's own log;
+# Fewer of TensorFlow's C++ start-up lines (TF 2.21 prints some regardless);
 # set TF_CPP_MIN_LOG_LEVEL=0 to see them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -10,6 +10,7 @@ Every flag is a field of `dcign_tf.config.TrainConfig`. The run directory (--wor
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging as pylogging
 import os
 import sys
@@ -48,6 +49,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from dcign_tf import callbacks as callbacks_lib  # noqa: E402
+from dcign_tf import distributed  # noqa: E402
 from dcign_tf import export as export_lib  # noqa: E402
 from dcign_tf.data import input_pipeline, make_faces, records  # noqa: E402
 from dcign_tf.latents import LayoutError  # noqa: E402
@@ -59,23 +61,6 @@ USER_ERRORS = (config_lib.ConfigError, records.DatasetError, LayoutError, export
 EXIT_NAN = 1
 EXIT_TERMINATED = 143  # 128 + SIGTERM: the pod is restarted and resumes from the checkpoint.
 ARCHITECTURE_FIELDS = ("image_size", "num_latents", "encoder_filters", "decoder_filters", "encoder_padding")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """auto: MirroredStrategy over all GPUs when there are several, else the default strategy."""
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0
-                                                       and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def prepare_workdir(config: config_lib.TrainConfig, chief: bool) -> None:
@@ -166,8 +151,11 @@ def export_info(config: config_lib.TrainConfig, info: records.DatasetInfo, model
 
 def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None = None) -> int:
     """Trains (or resumes) the run `config` describes. Returns the process exit code."""
-    strategy = strategy or make_strategy(config.strategy)
-    chief = is_chief(strategy)
+    try:
+        strategy = strategy or distributed.make_strategy(config.strategy)
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from None
+    chief = distributed.is_chief(strategy)
     prepare_workdir(config, chief)
     info = prepare_dataset(config)
     replicas = strategy.num_replicas_in_sync
@@ -189,12 +177,14 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     checkpoint_dir = os.path.join(config.workdir, "checkpoints")
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
     if not chief:
-        checkpoint_dir = os.path.join(config.workdir, f".scratch-worker-{strategy.cluster_resolver.task_id}")
+        # Every worker saves (the variables are shared state), but only the chief's copy is kept.
+        checkpoint_dir = distributed.scratch_dir(strategy, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.read(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s", manager.latest_checkpoint)
+    if latest:
+        checkpoint.read(latest).assert_existing_objects_matched()
+        logging.info("resumed from %s", latest)
     elif config.init_from:
         initialise_from(config.init_from, model, config)
     start_step = int(optimizer.iterations.numpy())
@@ -207,37 +197,65 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
         logging.info("the run is already at step %d of %d; nothing to train", start_step, config.steps)
 
     step = int(optimizer.iterations.numpy())
+    logging.info("final weights at step %d: fingerprint %s", step, weights_fingerprint(model))
+    export_dir = os.path.join(config.workdir, "export") if chief else distributed.scratch_dir(strategy, "export")
+    export_lib.export_model(model, export_dir, export_info(config, info, model, step))
     if chief:
-        export_dir = os.path.join(config.workdir, "export")
-        export_lib.export_model(model, export_dir, export_info(config, info, model, step))
         logging.info("exported step %d to %s", step, export_dir)
     return 0
 
 
+def weights_fingerprint(model) -> str:
+    """SHA-256 of all weights' bytes: equal on workers that hold identical models."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train_loop(config, model, manager, info, strategy, chief, start_step) -> int:
-    """Runs `model.fit` from `start_step` to `config.steps` with the run's callbacks."""
-    train_data = input_pipeline.make_dataset(
-        config.data_dir, "train", config.groups_per_batch, factor_weights=config.factor_weight_map,
-        seed=config.seed + start_step,  # A resumed run continues with fresh data order, not a replay.
-        expected_image_size=config.image_size, shuffle_buffer=config.shuffle_buffer)
+    """Trains from `start_step` to `config.steps` with the run's callbacks: `model.fit`, or
+    `distributed.fit_loop` across workers."""
+    multi_worker = distributed.is_multi_worker(strategy)
+
+    def train_data(input_context=None):
+        return input_pipeline.make_dataset(
+            config.data_dir, "train", config.groups_per_batch, factor_weights=config.factor_weight_map,
+            seed=config.seed + start_step,  # A resumed run continues with fresh data order, not a replay.
+            expected_image_size=config.image_size, shuffle_buffer=config.shuffle_buffer, input_context=input_context)
+
     test_groups = sum(info.splits["test"].values())
     eval_batches = min(config.eval_batches, -(-test_groups // config.groups_per_batch))
-    eval_data = input_pipeline.make_dataset(config.data_dir, "test", config.groups_per_batch, shuffle=False,
-                                            repeat=False, deterministic=True).take(eval_batches)
-    # A known length lets Keras end the evaluation without an "ran out of data" warning.
-    eval_data = eval_data.apply(tf.data.experimental.assert_cardinality(eval_batches))
+    if multi_worker:
+        # Every worker must run the same number of steps: an endless test stream, cut at eval_batches.
+        evaluate = distributed.evaluate_fn(model, strategy, lambda context: input_pipeline.make_dataset(
+            config.data_dir, "test", config.groups_per_batch, shuffle=False, deterministic=True,
+            input_context=context), eval_batches)
+    else:
+        eval_data = input_pipeline.make_dataset(config.data_dir, "test", config.groups_per_batch, shuffle=False,
+                                                repeat=False, deterministic=True).take(eval_batches)
+        # A known length lets Keras end the evaluation without an "ran out of data" warning.
+        eval_data = eval_data.apply(tf.data.experimental.assert_cardinality(eval_batches))
+
+        def evaluate():
+            return model.evaluate(eval_data, verbose=0, return_dict=True)
+
     summaries = callbacks_lib.SummaryBuffer(os.path.join(config.workdir, "train") if chief else None)
     run_loop = callbacks_lib.RunLoop(
         manager, summaries, config.steps, checkpoint_every=config.checkpoint_every,
         eval_every=config.eval_every, image_every=config.image_every,
-        evaluate=(lambda: model.evaluate(eval_data, verbose=0, return_dict=True)) if config.eval_every else None,
+        evaluate=evaluate if config.eval_every else None,
         panel_images=panel_images(config.data_dir, info) if chief else None,
         global_batch_images=config.groups_per_batch * config.group_size)
     run_loop.install_signal_handlers()
     progress = callbacks_lib.Progress(config.steps, config.log_every, config.progress if chief else "none")
     logging.info("training from step %d to %d", start_step, config.steps)
-    model.fit(train_data, epochs=-(-config.steps // config.log_every), initial_epoch=start_step // config.log_every,
-              steps_per_epoch=config.log_every, callbacks=[run_loop, progress], verbose=0, shuffle=False)
+    schedule = dict(epochs=-(-config.steps // config.log_every), initial_epoch=start_step // config.log_every,
+                    steps_per_epoch=config.log_every, callbacks=[run_loop, progress])
+    if multi_worker:
+        distributed.fit_loop(model, strategy, train_data, **schedule)
+    else:
+        model.fit(train_data(), verbose=0, shuffle=False, **schedule)
 
     if run_loop.nan_step is not None:
         kept = run_loop.last_checkpoint_step

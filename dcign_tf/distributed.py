@@ -1,0 +1,113 @@
+"""Distribution: choosing the strategy, who writes what, and the multi-worker training loop.
+
+Keras 3.15's `model.fit` fails under MultiWorkerMirroredStrategy (a `PerReplica` conversion
+error in its data adapter, keras-team/keras#20585), so multi-worker runs use `fit_loop`: the
+same `model.train_step`, run with `strategy.run`, driving the same callbacks as `fit` does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
+
+    multi_worker reads the cluster from the TF_CONFIG environment variable.
+    """
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                             "(jobs/entrypoint.py builds it on Kubernetes)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and worker_count(strategy) > 1
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) or 1
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The one worker that writes checkpoints, TensorBoard and exports: the chief, or worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def scratch_dir(strategy: tf.distribute.Strategy, purpose: str) -> str:
+    """A local directory for a non-chief worker's copy of what the chief writes."""
+    resolver = strategy.cluster_resolver
+    path = os.path.join(tempfile.gettempdir(), f"dcign-{resolver.task_type}-{resolver.task_id}-{os.getpid()}", purpose)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, *, steps_per_epoch: int,
+             epochs: int, initial_epoch: int, callbacks) -> None:
+    """`model.fit` for strategies it cannot run: epochs of `model.train_step` under `strategy.run`.
+
+    Args:
+      dataset_fn: `tf.distribute.InputContext -> tf.data.Dataset` of per-replica batches.
+      callbacks: Keras callbacks; they see the same hooks and logs as under `fit`.
+    """
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    @tf.function
+    def train_function(iterator):
+        outputs = strategy.run(model.train_step, args=(next(iterator),))
+        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in outputs.items()}
+
+    callback_list = keras.callbacks.CallbackList(callbacks, model=model)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs = {}
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        for batch in range(steps_per_epoch):
+            callback_list.on_train_batch_begin(batch)
+            logs = train_function(iterator)
+            callback_list.on_train_batch_end(batch, logs)
+            if model.stop_training:
+                break
+        callback_list.on_epoch_end(epoch, {name: float(value) for name, value in logs.items()})
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+
+
+def evaluate_fn(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, steps: int):
+    """A callable that runs `model.test_step` on `steps` batches under `strategy.run` and returns the means."""
+
+    @tf.function
+    def test_function(batch):
+        outputs = strategy.run(model.test_step, args=(batch,))
+        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in outputs.items()}
+
+    def evaluate():
+        model.reset_metrics()
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        results = {}
+        for _ in range(steps):
+            results = test_function(next(iterator))
+        return {name: float(value) for name, value in results.items()}
+
+    return evaluate

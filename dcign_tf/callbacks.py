@@ -59,9 +59,9 @@ def crossed(interval: int, previous_step: int, step: int) -> bool:
 class RunLoop(keras.callbacks.Callback):
     """Drives a run's schedule from the global step (the optimizer's iteration count).
 
-    Every Keras "epoch" of `log_every` steps it logs the mean training metrics; on their own
-    intervals it evaluates on the test set, draws image panels and saves a checkpoint (then
-    commits the summaries). It stops the run at `total_steps`, on a NaN loss (keeping the last
+    Every Keras "epoch" of `log_every` steps it logs the mean training metrics and, on their own
+    intervals, evaluates on the test set and draws image panels. Every `checkpoint_every` steps
+    it saves a checkpoint and then commits the summaries logged so far. It stops the run at `total_steps`, on a NaN loss (keeping the last
     good checkpoint and naming the step), and on SIGTERM (after saving a checkpoint).
 
     Args:
@@ -127,7 +127,10 @@ class RunLoop(keras.callbacks.Callback):
             self.save(step)
             self.terminated_at = step
             self.model.stop_training = True
-        elif step >= self.total_steps:
+            return
+        if crossed(self.checkpoint_every, self._last["checkpoint"], step):
+            self.save(step)
+        if step >= self.total_steps:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -146,20 +149,22 @@ class RunLoop(keras.callbacks.Callback):
                                               or step >= self.total_steps):
             self.log_images(step)
             self._last["image"] = step
-        if crossed(self.checkpoint_every, self._last["checkpoint"], step) or step >= self.total_steps:
-            self.save(step)
 
     def on_train_end(self, logs=None):
         if self.nan_step is not None:
             # The weights are NaN now; what was logged since the last checkpoint goes with them.
             self.summaries.discard()
             return
-        step = self.step()
-        if self.terminated_at is None and step != self._last["checkpoint"]:
-            self.save(step)
+        if self.terminated_at is None:
+            step = self.step()
+            if step != self._last["checkpoint"]:
+                self.save(step)
+            else:
+                self.summaries.commit()  # The last epoch's summaries, at the checkpoint's step.
 
     # Work.
     def save(self, step: int) -> None:
+        """Checkpoints, then commits the summaries: events never run ahead of the last checkpoint."""
         self.manager.save(checkpoint_number=step)
         self.summaries.commit()
         self._last["checkpoint"] = step

@@ -155,8 +155,8 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
     def differences(self, other: "TrainConfig") -> list[str]:
-        """The non-runtime fields on which two configs disagree, as 'name: a != b'."""
-        return [f"{f.name}: {getattr(other, f.name)!r} != {getattr(self, f.name)!r}"
+        """The non-runtime fields on which two configs disagree, as 'name: other's value, not self's'."""
+        return [f"{f.name}={getattr(other, f.name)}, not {getattr(self, f.name)}"
                 for f in dataclasses.fields(self)
                 if not f.metadata["runtime"] and getattr(self, f.name) != getattr(other, f.name)]
 

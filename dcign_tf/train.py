@@ -63,18 +63,20 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM: the pod is restarted and resumes from th
 ARCHITECTURE_FIELDS = ("image_size", "num_latents", "encoder_filters", "decoder_filters", "encoder_padding")
 
 
-def prepare_workdir(config: config_lib.TrainConfig, chief: bool) -> None:
-    """Checks that the workdir is this run's (or empty), then writes flags.txt.
+def check_workdir(config: config_lib.TrainConfig, chief: bool) -> None:
+    """Refuses a workdir that holds another run, unless --overwrite, which moves it aside.
 
-    A workdir holding a run with another config is refused unless --overwrite, which moves the
-    old run aside rather than deleting it.
+    A workdir holds a run once it has a checkpoint or an export; flags.txt alone (a run that
+    stopped before its first checkpoint) holds nothing to lose.
     """
     workdir = config.workdir
     flags_path = os.path.join(workdir, "flags.txt")
+    has_run = bool(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))) or os.path.exists(
+        os.path.join(workdir, "export"))
     conflict = None
     if os.path.exists(flags_path):
         differences = config.differences(config_lib.from_flagfile(flags_path))
-        if differences:
+        if differences and has_run:
             conflict = f"{workdir} holds a run with another config ({'; '.join(differences[:4])})"
     elif os.path.isdir(workdir) and os.listdir(workdir):
         conflict = f"{workdir} is not empty and has no flags.txt, so it is not a dcign_tf run"
@@ -85,12 +87,16 @@ def prepare_workdir(config: config_lib.TrainConfig, chief: bool) -> None:
             moved = f"{workdir.rstrip('/')}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             os.rename(workdir, moved)
             logging.warning("%s; moved it to %s", conflict, moved)
-    if chief:
-        os.makedirs(workdir, exist_ok=True)
-        temporary = f"{flags_path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(config.to_flagfile())
-        os.replace(temporary, flags_path)
+
+
+def write_flags(config: config_lib.TrainConfig) -> None:
+    """{workdir}/flags.txt: the resolved flags, written atomically."""
+    os.makedirs(config.workdir, exist_ok=True)
+    flags_path = os.path.join(config.workdir, "flags.txt")
+    temporary = f"{flags_path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(config.to_flagfile())
+    os.replace(temporary, flags_path)
 
 
 def faces_config(config: config_lib.TrainConfig) -> make_faces.FacesConfig:
@@ -156,8 +162,10 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
     except ValueError as error:
         raise config_lib.ConfigError(str(error)) from None
     chief = distributed.is_chief(strategy)
-    prepare_workdir(config, chief)
+    check_workdir(config, chief)
     info = prepare_dataset(config)
+    if chief:
+        write_flags(config)
     replicas = strategy.num_replicas_in_sync
     if config.groups_per_batch % replicas:
         raise config_lib.ConfigError(f"--groups_per_batch={config.groups_per_batch} must be a multiple of the "

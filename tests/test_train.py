@@ -1,0 +1,193 @@
+"""`python -m dcign_tf.train` as a user runs it: outputs, resuming, interruptions, bad input."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from dcign_tf import config as config_lib
+from dcign_tf import export as export_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FACTORS = ["azimuth", "elevation", "light", "identity"]
+
+
+def train_command(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "dcign_tf.train", f"--flagfile={REPO}/configs/test.flags",
+            f"--workdir={workdir}", f"--data_dir={data_dir}", "--progress=log", *extra]
+
+
+def train(workdir, data_dir, *extra, timeout=300):
+    result = subprocess.run(train_command(workdir, data_dir, *extra), cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout)
+    return result.returncode, result.stdout + result.stderr
+
+
+def tensor_steps(workdir):
+    """TensorBoard tag -> list of steps, read back from the run's event files."""
+    accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, "train"),
+                                                     size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return {tag: [event.step for event in accumulator.Tensors(tag)] for tag in accumulator.Tags()["tensors"]}
+
+
+def latest_step(workdir):
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else None
+
+
+def test_test_config_writes_everything_and_resumes(tmp_path, faces_dataset):
+    workdir = str(tmp_path / "run")
+    code, output = train(workdir, faces_dataset)
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output
+
+    # flags.txt: the resolved flags, reusable as a flagfile.
+    config = config_lib.from_flagfile(os.path.join(workdir, "flags.txt"))
+    assert (config.workdir, config.image_size, config.steps) == (workdir, 32, 20)
+
+    # TensorBoard: every scalar and image tag, each step once.
+    steps = tensor_steps(workdir)
+    for tag in ["loss", "reconstruction", "kl", "invariance", "learning_rate", "images_per_second"]:
+        assert steps[f"train/{tag}"] == [5, 10, 15, 20], tag
+    assert any(f"train/reconstruction_{factor}" in steps for factor in FACTORS)
+    for tag in ["test/loss", "test/reconstruction", "test/kl", "test/mse", "images/reconstructions"]:
+        assert steps[tag] == [10, 20], tag
+    for factor in FACTORS:
+        assert steps[f"sweeps/{factor}"] == [10, 20]
+
+    # The export: a Keras model and a SavedModel with encode and decode signatures.
+    model, info = export_lib.load_model(os.path.join(workdir, "export"))
+    assert info["step"] == 20 and [f["name"] for f in info["factors"]] == FACTORS
+    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 1)).astype(np.float32)
+    mean, _ = model.encode(images)
+    saved = tf.saved_model.load(os.path.join(workdir, "export", "saved_model"))
+    assert {"encode", "decode"} <= set(saved.signatures)
+    encoded = saved.signatures["encode"](images=tf.constant(images))
+    np.testing.assert_allclose(encoded["mean"].numpy(), mean.numpy(), rtol=1e-4, atol=1e-5)
+    decoded = saved.signatures["decode"](latents=encoded["mean"])["images"].numpy()
+    assert decoded.shape == (2, 32, 32, 1) and 0 <= decoded.min() and decoded.max() <= 1
+
+    # The same command again: nothing to do, nothing rewritten.
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    code, output = train(workdir, faces_dataset)
+    assert code == 0 and "already at step 20" in output
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+    # More steps: resumes from the checkpoint, and TensorBoard continues without repeats.
+    code, output = train(workdir, faces_dataset, "--steps=30")
+    assert code == 0 and "resumed from" in output and "training from step 20 to 30" in output
+    assert tensor_steps(workdir)["train/loss"] == [5, 10, 15, 20, 25, 30]
+
+
+def wait_for(predicate, process, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, "the run ended early"
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_sigterm_saves_and_a_kill_loses_at_most_the_save_interval(tmp_path, faces_dataset):
+    workdir = str(tmp_path / "run")
+    log_path = tmp_path / "log.txt"
+    extra = ("--steps=100000", "--checkpoint_every=10", "--eval_every=0", "--image_every=100000")
+
+    # SIGTERM (a preempted pod): a checkpoint at the current step, then exit code 143.
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(train_command(workdir, faces_dataset, *extra), cwd=REPO, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        wait_for(lambda: latest_step(workdir) is not None, process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143
+    output = log_path.read_text()
+    stopped = int(re.search(r"stopped at step (\d+) on SIGTERM", output).group(1))
+    assert latest_step(workdir) == stopped
+
+    # SIGKILL (no warning): resumes from the last checkpoint, no duplicate TensorBoard steps.
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(train_command(workdir, faces_dataset, *extra), cwd=REPO, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        wait_for(lambda: (latest_step(workdir) or 0) >= stopped + 20, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert f"resumed from {workdir}/checkpoints/ckpt-{stopped}" in log_path.read_text()
+    saved = latest_step(workdir)
+    logged = tensor_steps(workdir)["train/loss"]
+    assert max(logged) <= saved                     # the events never run ahead of the checkpoint
+
+    code, output = train(workdir, faces_dataset, f"--steps={saved + 10}", *extra[1:])
+    assert code == 0 and f"resumed from {workdir}/checkpoints/ckpt-{saved}" in output
+    logged = tensor_steps(workdir)["train/loss"]
+    assert len(logged) == len(set(logged)) and max(logged) == saved + 10
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, faces_dataset):
+    workdir = str(tmp_path / "run")
+    code, output = train(workdir, faces_dataset, "--learning_rate=1e30", "--checkpoint_every=1")
+    assert code == 1, output[-2000:]
+    match = re.search(r"the loss became NaN at step (\d+); training stopped\. The last good checkpoint "
+                      r"\(step (\d+)\) is kept", output)
+    assert match, output[-2000:]
+    nan_step, kept = map(int, match.groups())
+    assert kept < nan_step and latest_step(workdir) == kept
+    assert not os.path.exists(os.path.join(workdir, "export"))
+
+
+def error_line(output):
+    lines = [line for line in output.splitlines() if "error" in line.lower()]
+    return lines[-1] if lines else ""
+
+
+def test_bad_input_gets_one_clear_line(tmp_path, faces_dataset):
+    workdir = str(tmp_path / "run")
+    cases = [
+        (["--bogus_flag=1"], "Unknown command line flag 'bogus_flag'"),
+        (["--latent_layout=azimuth=0,identity=rest"], "the data has factors ['elevation', 'light']"),
+        (["--latent_layout=azimuth=0,elevation=0,light=2,identity=rest"], "more than one factor"),
+        (["--dataset=prebuilt", "--image_size=64"], "--image_size=64 disagrees with the dataset"),
+        (["--groups_per_batch=0"], "--groups_per_batch must be positive"),
+    ]
+    for extra, message in cases:
+        code, output = train(workdir, faces_dataset, *extra)
+        assert code != 0 and "Traceback" not in output, output[-2000:]
+        assert message in output, (extra, output[-1500:])
+    missing = subprocess.run([sys.executable, "-m", "dcign_tf.train", "--flagfile=configs/missing.flags"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "Unable to open flagfile" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_workdir_with_another_run_is_refused_unless_overwrite(tmp_path, faces_dataset):
+    workdir = str(tmp_path / "run")
+    assert train(workdir, faces_dataset, "--steps=5")[0] == 0
+    code, output = train(workdir, faces_dataset, "--steps=5", "--num_latents=12")
+    assert code == 2 and "holds a run with another config (num_latents=8, not 12)" in error_line(output)
+    assert latest_step(workdir) == 5                # untouched
+
+    # --overwrite moves the old run aside; nothing is deleted.
+    code, output = train(workdir, faces_dataset, "--steps=5", "--num_latents=12", "--overwrite")
+    assert code == 0, output[-2000:]
+    moved = [name for name in os.listdir(tmp_path) if name.startswith("run.replaced-")]
+    assert len(moved) == 1 and latest_step(str(tmp_path / moved[0])) == 5
+    assert config_lib.from_flagfile(os.path.join(workdir, "flags.txt")).num_latents == 12
+
+
+def test_baseline_mode_and_init_from(tmp_path, faces_dataset):
+    baseline = str(tmp_path / "baseline")
+    code, output = train(baseline, faces_dataset, "--mode=baseline", "--steps=5")
+    assert code == 0, output[-2000:]
+    code, output = train(str(tmp_path / "clamped"), faces_dataset, f"--init_from={baseline}", "--steps=5")
+    assert code == 0 and "initialised the weights from" in output
+    code, output = train(str(tmp_path / "other"), faces_dataset, f"--init_from={baseline}", "--num_latents=12")
+    assert code == 2 and "has another architecture (num_latents: 8 != 12)" in output

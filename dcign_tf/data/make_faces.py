@@ -47,6 +47,9 @@ LATENT_LAYOUT = {"azimuth": [0], "elevation": [1], "light": [2], "identity": "re
 # Stream ids that enter every group's seed; fixed forever so that datasets stay reproducible.
 SPLIT_IDS = {"train": 0, "test": 1}
 GENERATOR_NAME = "dcign_tf.data.make_faces"
+# Bump when the face model, the renderer or the scene sampling changes the images: a dataset made
+# by another version is then refused instead of being resumed with shards of mixed looks.
+GENERATOR_VERSION = 1
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256
 # A shard's temp file older than this was left by a killed run (writing one takes seconds).
 STALE_TEMP_SECONDS = 3600
@@ -113,7 +116,8 @@ class FacesConfig:
             latent_layout=LATENT_LAYOUT,
             splits={split: {name: self.num_groups(split) for name in FACTOR_NAMES} for split in records.SPLITS},
             num_shards=self.num_shards,
-            generator={"name": GENERATOR_NAME, "seed": self.seed, "face_model": self.face_model},
+            generator={"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": self.seed,
+                       "face_model": self.face_model},
         )
 
 

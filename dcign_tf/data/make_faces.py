@@ -122,10 +122,19 @@ class FacesConfig:
 
 
 def load_face_model(spec: str):
-    """The MorphableModel a `--face_model` spec names. Today: "procedural" (the built-in seeded model)."""
+    """The MorphableModel a `--face_model` spec names: "procedural" (the built-in seeded model) or "bfm:PATH"
+    (the Basel Face Model file at PATH, 2009 .mat or 2017 .h5; see dcign_tf.data.bfm). Both are cached.
+    A bad spec or file raises ValueError (bfm.BfmError is one) with a one-line message."""
     if spec == "procedural":
         return face_model.procedural_face_model()
-    raise ValueError(f"unknown face_model {spec!r}; known: 'procedural'")
+    if spec.startswith("bfm:"):
+        from dcign_tf.data import bfm  # Lazy: h5py and scipy.io only when a BFM is asked for.
+
+        path = spec[len("bfm:"):]
+        if not path:
+            raise bfm.BfmError("face_model 'bfm:' names no file; pass bfm:PATH to a Basel Face Model .mat or .h5")
+        return bfm.load_bfm(path)
+    raise ValueError(f"unknown face_model {spec!r}; known: 'procedural', 'bfm:PATH'")
 
 
 # ---------------------------------------------------------------------------------------------------

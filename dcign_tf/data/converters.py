@@ -1,0 +1,268 @@
+"""What the dataset converters (make_chairs, make_smallnorb) share: grouping, image preparation, writing, CLI.
+
+A converter turns a labelled image collection into the grouped record format of `records.py`. Every image
+has an integer key, one column per label (for chairs: chair id, elevation, azimuth), and a group is
+`group_size` images whose keys agree on every column but one, the group's varying column, and differ in
+that one (`make_groups`). Groups are drawn without replacement, so an image appears at most once among
+the groups of one factor.
+
+Determinism: the random choices are numpy generators seeded from (seed, split, factor, the fixed labels),
+never from the iteration order, so the same input and flags give byte-identical files.
+
+Writing (`write_dataset`): the shards first, each atomically, then dataset.json, also atomically: a data
+directory that has a dataset.json is complete, and a killed conversion is redone by running the same
+command again. A data_dir whose dataset.json describes another dataset is never overwritten.
+
+Numpy, PIL and the records module only: worker processes import this module and must stay TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from dcign_tf.data import records
+from dcign_tf.data.records import DatasetError, DatasetInfo
+
+# One group as the converters hold it: (G PNG images [S, S], factor_values float32 [G, F], identity int64 [G]).
+Group = tuple[Sequence[bytes], np.ndarray, np.ndarray]
+
+SPLIT_IDS = {"train": 0, "test": 1}  # Stream ids that enter the seeds; fixed forever for reproducibility.
+STALE_TEMP_SECONDS = 3600  # A shard's temp file older than this was left by a killed run.
+EXIT_BAD_INPUT = 2  # Bad flags, a wrong or incomplete source, unreadable images, too little data.
+EXIT_CONFLICT = 1  # data_dir holds another dataset (the make_faces convention).
+
+
+class ConversionError(DatasetError):
+    """Input that cannot be converted as asked: a wrong layout, missing files, an unreadable image or too
+    little data for the group size. The message is one line naming what was expected."""
+
+
+class OutputConflictError(DatasetError):
+    """The data directory already holds a different dataset; nothing was written."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grouping.
+
+
+def make_groups(keys: np.ndarray, varying_column: int, group_size: int, seed_parts: Sequence[int]
+                ) -> tuple[list[np.ndarray], int]:
+    """Groups of `group_size` rows of `keys` that agree on every column except `varying_column`.
+
+    keys: [N, K] non-negative int, one row per image, rows unique. Rows that agree on the other columns form
+    a context; each context's rows are shuffled and cut into floor(n / group_size) groups (the remainder is
+    left out), each group sorted by its varying value. The list of all groups is then shuffled, so that
+    shards mix contexts. Seeded by (seed_parts, context), hence deterministic and independent of N's order.
+
+    Returns (groups: list of [group_size] int row indices into keys, the largest context size), the latter
+    for error messages when no context is large enough.
+    """
+    keys = np.asarray(keys, np.int64)
+    if keys.ndim != 2 or len(keys) == 0:
+        return [], 0
+    context_columns = [column for column in range(keys.shape[1]) if column != varying_column]
+    # Sort by context, then by varying value: each context is a contiguous run.
+    order = np.lexsort([keys[:, varying_column]] + [keys[:, column] for column in reversed(context_columns)])
+    contexts = keys[order][:, context_columns]
+    starts = np.flatnonzero(np.r_[True, np.any(contexts[1:] != contexts[:-1], axis=1)])
+    ends = np.r_[starts[1:], len(order)]
+    groups = []
+    for start, end in zip(starts, ends):
+        members = order[start:end]
+        if len(members) < group_size:
+            continue
+        context = [int(value) for value in contexts[start]]
+        rng = np.random.default_rng([*seed_parts, 1, *context])
+        shuffled = members[rng.permutation(len(members))]
+        for index in range(len(members) // group_size):
+            group = shuffled[index * group_size:(index + 1) * group_size]
+            groups.append(group[np.argsort(keys[group, varying_column], kind="stable")])
+    largest = int((ends - starts).max())
+    group_order = np.random.default_rng([*seed_parts, 0]).permutation(len(groups))
+    return [groups[index] for index in group_order], largest
+
+
+def too_small_error(split: str, factor: str, group_size: int, largest: int, fixed: str) -> ConversionError:
+    """The error for a (split, factor) that yields no group: names the largest group size that would work."""
+    hint = (f"lower --group_size to {largest} or fewer" if largest >= 2
+            else "the source has too few images (is it complete?)")
+    return ConversionError(
+        f"split {split!r} has no group of {group_size} images in which only {factor} varies ({fixed} fixed): "
+        f"at most {largest} such images; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images.
+
+
+def to_grayscale(image: Image.Image, background: int = 255) -> Image.Image:
+    """A mode "L" copy of `image`; transparent pixels are first composited over a `background` gray level."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit gray: keep the top 8 bits (PIL's convert("L") would clip instead of scaling).
+        image = Image.fromarray((np.asarray(image, np.uint32) >> 8).astype(np.uint8))
+    return image.convert("L")  # RGB -> ITU-R 601 luma: 0.299 R + 0.587 G + 0.114 B.
+
+
+def square_resize(gray: np.ndarray, size: int, background: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """uint8 [H, W] -> uint8 [size, size], keeping the aspect ratio.
+
+    Crops the central `crop_fraction` of each side, pads the shorter side symmetrically with `background`
+    to a square (no stretching), then resizes with a box (area-averaging) filter: every output pixel is the
+    mean of the input pixels it covers, which anti-aliases a large reduction (600 -> 150) without ringing.
+    """
+    gray = np.asarray(gray, np.uint8)
+    height, width = gray.shape
+    if crop_fraction < 1.0:
+        crop_height, crop_width = max(1, round(height * crop_fraction)), max(1, round(width * crop_fraction))
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        gray = gray[top:top + crop_height, left:left + crop_width]
+        height, width = gray.shape
+    side = max(height, width)
+    if height != width:
+        canvas = np.full((side, side), background, np.uint8)
+        top, left = (side - height) // 2, (side - width) // 2
+        canvas[top:top + height, left:left + width] = gray
+        gray = canvas
+    if side == size:
+        return np.ascontiguousarray(gray)
+    return np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BOX), np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def write_dataset(data_dir: str, info: DatasetInfo, groups: Mapping[tuple[str, str], Sequence[Group]],
+                  *, extra_files: Mapping[str, bytes] | None = None) -> bool:
+    """Writes a converted dataset: every (split, factor)'s shards, `extra_files`, then dataset.json.
+
+    groups: (split, factor) -> its groups in order; their numbers must match `info.splits`.
+    extra_files: file name (relative to data_dir) -> contents, e.g. an id table; written atomically.
+    Returns False when data_dir already holds exactly this dataset (nothing is rewritten), True after
+    writing. Raises OutputConflictError when data_dir's dataset.json describes another dataset.
+    """
+    if already_converted(data_dir, info):
+        return False
+    total_shards = len(info.splits) * len(info.factors) * info.num_shards
+    written, start = 0, time.monotonic()
+    for split in info.splits:
+        for factor in info.factor_names:
+            factor_groups = groups[(split, factor)]
+            if len(factor_groups) != info.num_groups(split, factor):
+                raise ValueError(f"{len(factor_groups)} groups for {split}/{factor}, "
+                                 f"dataset.json says {info.num_groups(split, factor)}")
+            for index, path in enumerate(info.shard_paths(data_dir, split, factor)):
+                shard_records = [
+                    records.serialize_group(pngs, factor_values, factor, identity, info.image_size)
+                    for pngs, factor_values, identity in (
+                        factor_groups[group_index]
+                        for group_index in records.shard_group_range(len(factor_groups), info.num_shards, index))
+                ]
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                remove_stale_temp_files(path)
+                records.write_shard(path, shard_records)
+                written += 1
+                if written == total_shards or written % max(1, total_shards // 10) == 0:
+                    logging.info("wrote %d/%d shards (%s/%s, %.0f s)", written, total_shards, split, factor,
+                                 time.monotonic() - start)
+    for name, contents in (extra_files or {}).items():
+        records.write_file_atomically(os.path.join(data_dir, name), contents)
+    info.save(data_dir)  # Last: a dataset.json means every shard is there.
+    logging.info("%s: %s", data_dir, describe(info))
+    return True
+
+
+def already_converted(data_dir: str, info: DatasetInfo) -> bool:
+    """True when data_dir holds exactly `info`'s dataset, complete; False when it holds none (or an incomplete
+    copy of it, to be rewritten). Raises OutputConflictError when its dataset.json describes another dataset.
+    Cheap: converters call it before their slow image pass."""
+    json_path = records.dataset_json_path(data_dir)
+    if not os.path.exists(json_path):
+        return False
+    differences = DatasetInfo.load(data_dir).differences(info)
+    if differences:
+        raise OutputConflictError(
+            f"{json_path} describes another dataset ({'; '.join(differences)} [existing vs asked]); "
+            "use another --data_dir, or delete this one to convert again")
+    missing = [path for split in info.splits for factor in info.factor_names
+               for path in info.shard_paths(data_dir, split, factor) if not os.path.exists(path)]
+    if missing:
+        logging.info("%s: %d shards missing; writing the dataset again", data_dir, len(missing))
+        return False
+    logging.info("%s already holds this dataset; nothing to do", data_dir)
+    return True
+
+
+def remove_stale_temp_files(path: str) -> None:
+    """Deletes temp files of `path` that a killed run left (older than STALE_TEMP_SECONDS)."""
+    directory, name = os.path.split(path)
+    for entry in os.listdir(directory):
+        if entry.startswith(name + records.TEMP_INFIX):
+            temp_path = os.path.join(directory, entry)
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - os.path.getmtime(temp_path) > STALE_TEMP_SECONDS:
+                    os.remove(temp_path)
+
+
+def describe(info: DatasetInfo) -> str:
+    """One line: image size, group size and the groups per split and factor."""
+    counts = "; ".join(f"{split}: " + ", ".join(f"{factor} {count}" for factor, count in factors.items())
+                       for split, factors in info.splits.items())
+    return f"{info.image_size}x{info.image_size} images, groups of {info.group_size}; groups per factor: {counts}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running.
+
+
+def default_processes() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class ProgressLog:
+    """An INFO line every 10% of `total` items or every 30 s, with the rate."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.done = total, what, 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, count: int = 1) -> None:
+        previous, self.done = self.done, self.done + count
+        now = time.monotonic()
+        if self.total and (now - self.last >= 30 or self.done * 10 // self.total > previous * 10 // self.total):
+            self.last = now
+            logging.info("%s: %d/%d (%.0f/s)", self.what, self.done, self.total,
+                         self.done / max(now - self.start, 1e-9))
+
+
+def fail(program: str, message: str, status: int = EXIT_BAD_INPUT) -> None:
+    """Prints `program: error: message` (one line) to stderr and exits with `status`."""
+    print(f"{program}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def run_main(program: str, convert: Callable[[], object]) -> None:
+    """Runs a converter's body, turning its expected errors into one line on stderr and an exit status:
+    1 when data_dir holds another dataset, 2 for any other DatasetError (bad input: ConversionError)."""
+    try:
+        convert()
+    except OutputConflictError as error:
+        fail(program, str(error), EXIT_CONFLICT)
+    except DatasetError as error:
+        fail(program, str(error), EXIT_BAD_INPUT)

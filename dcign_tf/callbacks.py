@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from dcign_tf import visualize
+from dcign_tf.evaluate import training_summary
 
 
 class SummaryBuffer:
@@ -69,13 +70,15 @@ class RunLoop(keras.callbacks.Callback):
       summaries: the run's `SummaryBuffer`.
       total_steps: the step to stop at.
       evaluate: a callable returning test metrics {name: value}, or None.
-      panel_images: [N, S, S, 1] test images for reconstructions and sweeps, or None.
+      panel_images: [N, S, S, 1] test images for the reconstruction panel, or None (no images).
+      summary_batches: test batches for `evaluate.training_summary`: equivariance, invariance and
+        latent sweeps every `image_every` steps.
       global_batch_images: images per step, for the throughput scalar.
     """
 
     def __init__(self, manager, summaries: SummaryBuffer, total_steps: int, *, checkpoint_every: int,
                  eval_every: int = 0, image_every: int = 0, evaluate=None, panel_images=None,
-                 global_batch_images: int = 1):
+                 summary_batches=None, global_batch_images: int = 1):
         super().__init__()
         self.manager = manager
         self.summaries = summaries
@@ -85,6 +88,7 @@ class RunLoop(keras.callbacks.Callback):
         self.image_every = image_every
         self.evaluate = evaluate
         self.panel_images = panel_images
+        self.summary_batches = summary_batches
         self.global_batch_images = global_batch_images
         self.nan_step = None
         self.terminated_at = None
@@ -184,10 +188,15 @@ class RunLoop(keras.callbacks.Callback):
         self._last["log"] = step
 
     def log_images(self, step: int) -> None:
-        model = self.model
-        self.summaries.image("images/reconstructions", visualize.reconstruction_panel(model, self.panel_images), step)
-        for factor, grid in visualize.factor_sweeps(model, self.panel_images).items():
-            self.summaries.image(f"sweeps/{factor}", grid, step)
+        """Reconstructions, and the periodic evaluation: equivariance numbers and one sweep per factor."""
+        self.summaries.image("images/reconstructions",
+                             visualize.reconstruction_panel(self.model, self.panel_images), step)
+        if self.summary_batches:
+            scalars, images = training_summary(self.model, self.summary_batches)
+            for tag, value in scalars.items():
+                self.summaries.scalar(f"eval/{tag}", value, step)
+            for tag, image in images.items():
+                self.summaries.image(tag.replace("sweep/", "sweeps/"), image, step)
 
 
 class Progress(keras.callbacks.Callback):

@@ -148,6 +148,12 @@ def panel_images(data_dir: str, info: records.DatasetInfo, per_factor: int = 2) 
     return np.concatenate(images)
 
 
+def summary_batches(data_dir: str, group_size: int, images: int = 320) -> list:
+    """Enough test batches (of 4 groups, factors mixed) for the periodic evaluation's `images` images."""
+    dataset = input_pipeline.make_dataset(data_dir, "test", 4, shuffle=False, repeat=False, deterministic=True)
+    return list(dataset.take(-(-images // (4 * group_size))).as_numpy_iterator())
+
+
 def export_info(config: config_lib.TrainConfig, info: records.DatasetInfo, model: DCIGN, step: int) -> dict:
     return {"factors": [factor.to_json() for factor in info.factors],
             "latent_layout": {name: list(indices) for name, indices in model.layout.factor_latents.items()},
@@ -254,6 +260,7 @@ def train_loop(config, model, manager, info, strategy, chief, start_step) -> int
         eval_every=config.eval_every, image_every=config.image_every,
         evaluate=evaluate if config.eval_every else None,
         panel_images=panel_images(config.data_dir, info) if chief else None,
+        summary_batches=summary_batches(config.data_dir, info.group_size) if chief else None,
         global_batch_images=config.groups_per_batch * config.group_size)
     run_loop.install_signal_handlers()
     progress = callbacks_lib.Progress(config.steps, config.log_every, config.progress if chief else "none")

@@ -62,6 +62,9 @@ def test_test_config_writes_everything_and_resumes(tmp_path, faces_dataset):
         assert steps[tag] == [10, 20], tag
     for factor in FACTORS:
         assert steps[f"sweeps/{factor}"] == [10, 20]
+        assert steps[f"eval/invariance/{factor}"] == [10, 20]
+    for factor in FACTORS[:3]:   # the periodic evaluation's equivariance numbers
+        assert steps[f"eval/equivariance/{factor}/spearman"] == [10, 20]
 
     # The export: a Keras model and a SavedModel with encode and decode signatures.
     model, info = export_lib.load_model(os.path.join(workdir, "export"))

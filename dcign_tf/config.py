@@ -53,6 +53,8 @@ class TrainConfig:
                        choices=["dcign", "baseline"])
     invariance_weight: float = option(0.01, "Scale of the pull of clamped latents toward their group mean (paper: 1/100).")
     kl_weight: float = option(1.0, "Weight of the KL term (1 = the variational lower bound).")
+    unclamped_steps: int = option(0, "In dcign mode, first train this many steps without clamping, then clamp: "
+                                  "the paper's pretrain-then-clamp schedule within one run.")
     groups_per_batch: int = option(1, "Groups per batch; each group has its own active factor (paper: 1).")
     factor_weights: str = option("", "Factor sampling weights, e.g. identity=2 (the released code's shape bias); "
                                  "unnamed factors weigh 1.")
@@ -114,7 +116,8 @@ class TrainConfig:
         return dict(factor_names=list(factor_names), latent_layout=self.latent_layout, image_size=self.image_size,
                     num_latents=self.num_latents, encoder_filters=self.encoder_widths,
                     decoder_filters=self.decoder_widths, encoder_padding=self.encoder_padding, mode=self.mode,
-                    invariance_weight=self.invariance_weight, kl_weight=self.kl_weight, seed=self.seed)
+                    invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
+                    unclamped_steps=self.unclamped_steps, seed=self.seed)
 
     def validate(self) -> None:
         positive = ["image_size", "group_size", "num_latents", "groups_per_batch", "steps", "log_every",
@@ -133,8 +136,8 @@ class TrainConfig:
         for name in ("momentum_decay", "update_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.invariance_weight < 0 or self.kl_weight < 0 or self.eval_every < 0:
-            raise ConfigError("--invariance_weight, --kl_weight and --eval_every must not be negative")
+        if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps) < 0:
+            raise ConfigError("--invariance_weight, --kl_weight, --eval_every and --unclamped_steps must not be negative")
         self.encoder_widths, self.decoder_widths, self.factor_weight_map  # noqa: B018 - parse to validate
         try:
             latents.LatentLayout.parse(self.latent_layout, self.num_latents)

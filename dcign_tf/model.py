@@ -208,12 +208,15 @@ class DCIGN(keras.Model):
       mode: "dcign" (clamped, the paper's method) or "baseline" (plain SGVB, §4.1.1's comparison).
       invariance_weight: scale of the pull of clamped latents toward their group mean (paper: 1/100).
       kl_weight: weight of the KL term in the training loss (1 is the true lower bound).
+      unclamped_steps: in mode "dcign", train this many steps with plain SGVB before clamping: the
+        paper's pretrain-then-clamp schedule (§4, "pretraining without clamping worked better")
+        inside one run.
       seed: seed of the reparameterisation noise.
     """
 
     def __init__(self, factor_names, latent_layout, image_size=150, num_latents=200,
                  encoder_filters=(96, 48, 24), decoder_filters=(48, 96, 96), encoder_padding="auto",
-                 mode="dcign", invariance_weight=0.01, kl_weight=1.0, seed=0, **kwargs):
+                 mode="dcign", invariance_weight=0.01, kl_weight=1.0, unclamped_steps=0, seed=0, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -225,6 +228,7 @@ class DCIGN(keras.Model):
         self.mode = mode
         self.invariance_weight = float(invariance_weight)
         self.kl_weight = float(kl_weight)
+        self.unclamped_steps = int(unclamped_steps)
         self.seed = int(seed)
         # Row f: 1 on the latents of factor f, the ones that stay free in f's groups.
         self.active_masks = tf.constant(self.layout.active_mask(self.factor_names))
@@ -300,6 +304,10 @@ class DCIGN(keras.Model):
         if noise is None:
             noise = self.reparameterisation_noise(groups, group_size, self.optimizer.iterations)
         clamp = self.mode == "dcign"
+        clamp_mask = active
+        if clamp and self.unclamped_steps:
+            # Before `unclamped_steps`, every latent counts as active: the clamp and the rewrite are identities.
+            clamp_mask = tf.where(self.optimizer.iterations < self.unclamped_steps, tf.ones_like(active), active)
 
         with tf.GradientTape(persistent=clamp) as tape:
             flat_mean, flat_log_variance = self.encoder(flat_images, training=True)
@@ -307,8 +315,8 @@ class DCIGN(keras.Model):
             log_variance = tf.reshape(flat_log_variance, [groups, group_size, -1])
             if clamp:
                 # Forward: the inactive factors' latents become their group mean.
-                clamped_mean = latents.clamp_to_group_mean(mean, active)
-                clamped_log_variance = latents.clamp_to_group_mean(log_variance, active)
+                clamped_mean = latents.clamp_to_group_mean(mean, clamp_mask)
+                clamped_log_variance = latents.clamp_to_group_mean(log_variance, clamp_mask)
             else:
                 clamped_mean, clamped_log_variance = mean, log_variance
             z = clamped_mean + tf.exp(0.5 * clamped_log_variance) * noise
@@ -330,7 +338,7 @@ class DCIGN(keras.Model):
             # the pull toward their group mean, scaled like the objective.
             invariance_scale = self.invariance_weight * self._loss_scale() / global_batch
             latent_gradients = [
-                active * gradient + latents.invariance_gradient(values, active, invariance_scale)
+                clamp_mask * gradient + latents.invariance_gradient(values, clamp_mask, invariance_scale)
                 for gradient, values in zip(clamped_gradients, [mean, log_variance])]
             encoder_gradients = tape.gradient([mean, log_variance], encoder_variables,
                                               output_gradients=latent_gradients)
@@ -393,7 +401,8 @@ class DCIGN(keras.Model):
                     encoder_filters=list(self.config.encoder_filters),
                     decoder_filters=list(self.config.decoder_filters),
                     encoder_padding=self.config.encoder_padding, mode=self.mode,
-                    invariance_weight=self.invariance_weight, kl_weight=self.kl_weight, seed=self.seed,
+                    invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
+                    unclamped_steps=self.unclamped_steps, seed=self.seed,
                     name=self.name)
 
 

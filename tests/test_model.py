@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from dcign_tf import model as model_lib
 from dcign_tf.model import DCIGN, ModelConfig
+from dcign_tf.optimizer import DCIGNRMSprop
 
 FACTORS = ["azimuth", "light", "identity"]
 LAYOUT = "azimuth=0,light=1,identity=rest"
@@ -194,3 +195,20 @@ def test_subpixel_decoder_block_equals_upsample_then_convolve(size, channels):
             loss = tf.reduce_sum(tf.sin(layer(inputs)))
         gradients.append(tape.gradient(loss, layer.kernel).numpy())
     np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-3, atol=1e-3)
+
+
+def test_unclamped_steps_train_plain_sgvb_first_then_clamp():
+    network = tiny_model(unclamped_steps=2)
+    network.compile(optimizer=DCIGNRMSprop(), jit_compile=False)
+    batch = fixed_batch()
+    noise = tf.random.stateless_normal([2, 3, 6], seed=[3, 4])
+    reference = _reference_sgvb_gradients(network, batch, noise, "baseline")
+    terms, _ = network.compute_gradients(batch, noise=noise)        # step 0: not clamped yet
+    for got, want in zip(terms["latent_gradients"], reference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+    network.optimizer.iterations.assign(2)                          # from step 2 on: clamped
+    terms, _ = network.compute_gradients(batch, noise=noise)
+    h = terms["mean"].numpy()
+    inactive = ~np.broadcast_to(terms["active"].numpy().astype(bool), h.shape)
+    expected = 0.01 * (h - h.mean(axis=1, keepdims=True)) / 6
+    np.testing.assert_allclose(terms["latent_gradients"][0].numpy()[inactive], expected[inactive], rtol=1e-4, atol=1e-9)

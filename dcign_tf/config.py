@@ -40,6 +40,8 @@ class TrainConfig:
     dataset_test_groups_per_factor: int = option(50, "Test groups per factor when building the faces set.")
     dataset_num_shards: int = option(4, "Shards per (split, factor) when building the faces set.")
     dataset_seed: int = option(0, "Seed of the faces set.")
+    dataset_group_spread: float = option(1.0, "Fraction of a factor's range one group of the faces set spans "
+                                         "(1: the whole range; smaller windows unfold the azimuth latent).")
     # Model.
     num_latents: int = option(200, "Size of the graphics code z (paper: 200).")
     encoder_filters: str = option("96,48,24", "Widths of the three 5x5 encoder convolutions (paper: 96,48,24).")
@@ -136,6 +138,8 @@ class TrainConfig:
         for name in ("momentum_decay", "update_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 < self.dataset_group_spread <= 1:
+            raise ConfigError(f"--dataset_group_spread must be in (0, 1], got {self.dataset_group_spread}")
         if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps) < 0:
             raise ConfigError("--invariance_weight, --kl_weight, --eval_every and --unclamped_steps must not be negative")
         self.encoder_widths, self.decoder_widths, self.factor_weight_map  # noqa: B018 - parse to validate

@@ -104,7 +104,7 @@ def faces_config(config: config_lib.TrainConfig) -> make_faces.FacesConfig:
                                   groups_per_factor=config.dataset_groups_per_factor,
                                   test_groups_per_factor=config.dataset_test_groups_per_factor,
                                   num_shards=config.dataset_num_shards, seed=config.dataset_seed,
-                                  face_model=config.face_model)
+                                  face_model=config.face_model, group_spread=config.dataset_group_spread)
 
 
 def prepare_dataset(config: config_lib.TrainConfig) -> records.DatasetInfo:

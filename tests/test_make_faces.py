@@ -1,5 +1,6 @@
 """The faces generator: layout, group semantics, determinism, resuming, conflicts and the command line."""
 
+import dataclasses
 import math
 import os
 import shutil
@@ -74,7 +75,7 @@ def test_layout_and_dataset_json(reference_dir):
                            "test": {name: 2 for name in info.factor_names}}
     assert (info.image_size, info.group_size, info.num_shards) == (32, 4, 2)
     assert info.generator == {"name": "dcign_tf.data.make_faces", "version": make_faces.GENERATOR_VERSION, "seed": 7,
-                              "face_model": "procedural"}
+                              "face_model": "procedural", "group_spread": 1.0}
     for split in ("train", "test"):
         input_pipeline.check_shards(reference_dir, split)  # CRCs, parsing and group counts per shard.
 
@@ -220,3 +221,19 @@ def test_command_line(reference_dir, tmp_path):
     conflict = run_cli(f"--data_dir={data_dir}", *FLAGS, "--seed=8")
     assert conflict.returncode == 1
     assert conflict.stderr.strip().splitlines()[-1].startswith(f"make_faces: error: {data_dir}/dataset.json")
+
+
+def test_group_spread_confines_each_group_to_a_window_of_the_range():
+    config = dataclasses.replace(CONFIG, group_spread=0.25, image_size=32)
+    model = make_faces.load_face_model("procedural")
+    for factor in ("azimuth", "elevation", "light"):
+        low, high = config.factor_range(factor)
+        column = make_faces.SCENE_FACTORS.index(factor)
+        starts = []
+        for group in range(6):
+            _, values, _ = make_faces.sample_group(model, config, "train", factor, group)
+            varying = values[:, column]
+            assert np.ptp(varying) <= 0.25 * (high - low) + 1e-9
+            assert low <= varying.min() and varying.max() <= high
+            starts.append(varying.min())
+        assert np.ptp(starts) > 0.1 * (high - low)     # the windows sit at different places

@@ -73,6 +73,11 @@ class FacesConfig:
     elevation_range: tuple[float, float] = (-0.4, 0.4)
     light_range: tuple[float, float] = (math.radians(-80.0), math.radians(80.0))
     face_model: str = "procedural"
+    # The fraction of a factor's range that one group's values span (1: the whole range). A group
+    # whose azimuths span both profiles varies most in a way symmetric about the frontal view, which
+    # a single latent learns first, folding at frontal (the paper's "switch node", Fig. 6a); groups
+    # spanning a window are locally monotonic and unfold it.
+    group_spread: float = 1.0
 
     def __post_init__(self):
         for name in ("azimuth_range", "elevation_range", "light_range"):
@@ -96,6 +101,8 @@ class FacesConfig:
             low, high = value_range
             if not -math.pi <= low < high <= math.pi:
                 raise ValueError(f"{name} must satisfy -pi <= lo < hi <= pi (radians), got {value_range}")
+        if not 0.0 < self.group_spread <= 1.0:
+            raise ValueError(f"group_spread must be in (0, 1], got {self.group_spread}")
         if not self.face_model:
             raise ValueError("face_model must name a face model, e.g. 'procedural'")
 
@@ -117,7 +124,7 @@ class FacesConfig:
             splits={split: {name: self.num_groups(split) for name in FACTOR_NAMES} for split in records.SPLITS},
             num_shards=self.num_shards,
             generator={"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": self.seed,
-                       "face_model": self.face_model},
+                       "face_model": self.face_model, "group_spread": self.group_spread},
         )
 
 
@@ -177,7 +184,13 @@ def sample_group(model, config: FacesConfig, split: str, factor: str, group_inde
         vertices, albedo = model.instances(shape_coeffs, albedo_coeffs)
         identity += np.arange(group_size)
     else:
-        scene[factor] = rng.uniform(*config.factor_range(factor), size=group_size)
+        low, high = config.factor_range(factor)
+        if config.group_spread < 1.0:
+            # A window of the range at a random place; the window's start is uniform.
+            width = config.group_spread * (high - low)
+            low = rng.uniform(low, high - width)
+            high = low + width
+        scene[factor] = rng.uniform(low, high, size=group_size)
         vertices, albedo = model.instance(shape_coeffs, albedo_coeffs)
     images = render_batch(vertices, model.triangles, albedo, scene["azimuth"], scene["elevation"],
                           scene["light"], config.image_size, frame_radius=model.frame_radius)
@@ -421,7 +434,9 @@ def define_flags() -> None:
     flags.DEFINE_string("elevation_range", "-0.4,0.4", "Face elevation range lo,hi in RADIANS (positive: nose up).")
     flags.DEFINE_string("light_range_degrees", "-80,80",
                         "Light azimuth range lo,hi in DEGREES (positive: light from image right); stored in radians.")
-    flags.DEFINE_string("face_model", _defaults.face_model, "Face model: 'procedural'.")
+    flags.DEFINE_string("face_model", _defaults.face_model, "Face model: 'procedural' or 'bfm:PATH'.")
+    flags.DEFINE_float("group_spread", _defaults.group_spread,
+                       "Fraction of a factor's range one group's values span (1: the whole range).")
     flags.DEFINE_integer("processes", None, "Worker processes (default: one per core).")
     flags.DEFINE_integer("shard_index", 0, "This task's index for a split run (0..num_tasks-1).")
     flags.DEFINE_integer("num_tasks", 1,
@@ -465,6 +480,7 @@ def config_from_flags() -> FacesConfig:
         elevation_range=_parse_range("elevation_range", FLAGS.elevation_range),
         light_range=_parse_range("light_range_degrees", FLAGS.light_range_degrees, math.pi / 180.0),
         face_model=FLAGS.face_model,
+        group_spread=FLAGS.group_spread,
     )
 
 

@@ -75,7 +75,7 @@ def test_layout_and_dataset_json(reference_dir):
                            "test": {name: 2 for name in info.factor_names}}
     assert (info.image_size, info.group_size, info.num_shards) == (32, 4, 2)
     assert info.generator == {"name": "dcign_tf.data.make_faces", "version": make_faces.GENERATOR_VERSION, "seed": 7,
-                              "face_model": "procedural", "group_spread": 1.0}
+                              "face_model": "procedural"}
     for split in ("train", "test"):
         input_pipeline.check_shards(reference_dir, split)  # CRCs, parsing and group counts per shard.
 

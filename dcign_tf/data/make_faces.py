@@ -109,6 +109,10 @@ class FacesConfig:
     def factor_range(self, factor: str) -> tuple[float, float]:
         return {"azimuth": self.azimuth_range, "elevation": self.elevation_range, "light": self.light_range}[factor]
 
+    def _spread_record(self) -> dict:
+        # Recorded only when windows are used: whole-range groups are drawn exactly as before the option.
+        return {} if self.group_spread == 1.0 else {"group_spread": self.group_spread}
+
     def num_groups(self, split: str) -> int:
         return self.groups_per_factor if split == "train" else self.test_groups_per_factor
 
@@ -124,7 +128,7 @@ class FacesConfig:
             splits={split: {name: self.num_groups(split) for name in FACTOR_NAMES} for split in records.SPLITS},
             num_shards=self.num_shards,
             generator={"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": self.seed,
-                       "face_model": self.face_model, "group_spread": self.group_spread},
+                       "face_model": self.face_model, **self._spread_record()},
         )
 
 

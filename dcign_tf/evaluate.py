@@ -61,6 +61,7 @@ import numpy as np
 from absl import flags
 
 from dcign_tf import calibration as calibration_lib
+from dcign_tf import cli
 from dcign_tf import figures
 from dcign_tf.data import records
 
@@ -841,32 +842,12 @@ def user_error_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def usage_error(message: str) -> int:
-    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI on argv (argv[0] is the program name); returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
-        print(__doc__)
-        print(flag_values.get_help())
-        return 0
-    try:
-        rest = flag_values(argv)
-    except flags.Error as error:
-        return usage_error(str(error))
-    if len(rest) > 1:
-        return usage_error(f"unexpected arguments {rest[1:]}; flags take the form --name=value")
-    try:
+    def body(flag_values):
         settings = Settings(**{field.name: flag_values[field.name].value for field in dataclasses.fields(Settings)})
         evaluate(flag_values.workdir, flag_values.baseline_workdir, flag_values.data_dir, settings)
-    except user_error_types() as error:
-        return usage_error(str(error))
-    return 0
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, user_error_types)
 
 
 if __name__ == "__main__":

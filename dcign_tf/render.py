@@ -38,6 +38,7 @@ from absl import flags
 from PIL import Image, ImageOps
 
 from dcign_tf import calibration as calibration_lib
+from dcign_tf import cli
 
 PROGRAM = "dcign_tf.render"
 MAX_SWEEP_FRAMES = 64
@@ -366,32 +367,13 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=flag_values)
 
 
-def usage_error(message: str) -> int:
-    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI on argv (argv[0] is the program name); returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
-        print(__doc__)
-        print(flag_values.get_help())
-        return 0
-    try:
-        rest = flag_values(argv)
-    except flags.Error as error:
-        return usage_error(str(error))
-    if len(rest) > 1:
-        return usage_error(f"unexpected arguments {rest[1:]}; flags take the form --name=value")
-    try:
+    def body(flag_values):
         run(flag_values.export, flag_values.workdir, flag_values.image, flag_values.out, flag_values["set"].value,
             flag_values.sweep, raw=flag_values.raw, overwrite=flag_values.overwrite)
-    except (RenderError, calibration_lib.CalibrationError) as error:
-        return usage_error(str(error))
-    return 0
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body,
+                   lambda: (RenderError, calibration_lib.CalibrationError))
 
 
 if __name__ == "__main__":

@@ -293,7 +293,7 @@ class DCIGN(keras.Model):
           paper's batch-summed convention a clamped latent's gradient is exactly
           invariance_weight * (h - group mean).
         """
-        images = tf.convert_to_tensor(batch["images"], self.compute_dtype)
+        images = tf.cast(batch["images"], tf.float32)  # Layers cast to their compute dtype; the targets stay float32.
         groups, group_size = images.shape[0], images.shape[1]
         if groups is None or group_size is None:
             raise ValueError("batches need a static [groups, group_size] shape (batch with drop_remainder=True)")
@@ -380,7 +380,7 @@ class DCIGN(keras.Model):
 
     def test_step(self, batch):
         """The lower bound with clamping off, and the per-pixel MSE of mean reconstructions."""
-        images = tf.convert_to_tensor(batch["images"], self.compute_dtype)
+        images = tf.cast(batch["images"], tf.float32)  # Layers cast to their compute dtype; the targets stay float32.
         flat_images = tf.reshape(images, [-1, *images.shape[2:]])
         mean, log_variance = self.encoder(flat_images, training=False)
         noise = tf.random.stateless_normal(tf.shape(mean), seed=tf.constant([self.seed, -1], tf.int64))

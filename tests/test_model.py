@@ -212,3 +212,20 @@ def test_unclamped_steps_train_plain_sgvb_first_then_clamp():
     inactive = ~np.broadcast_to(terms["active"].numpy().astype(bool), h.shape)
     expected = 0.01 * (h - h.mean(axis=1, keepdims=True)) / 6
     np.testing.assert_allclose(terms["latent_gradients"][0].numpy()[inactive], expected[inactive], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"])
+def test_mixed_precision_trains_and_keeps_the_latents_in_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        network = tiny_model()
+        network.compile(optimizer=DCIGNRMSprop(), jit_compile=False)
+        before = [w.numpy().copy() for w in network.trainable_weights]
+        network.fit(tf.data.Dataset.from_tensors(fixed_batch()).repeat(2), epochs=1, verbose=0)
+        assert network.encoder.get_layer("conv1").compute_dtype == "bfloat16"
+        assert network.encode(fixed_batch()["images"][0])[0].dtype == tf.float32
+        results = network.evaluate(tf.data.Dataset.from_tensors(fixed_batch()), verbose=0, return_dict=True)
+        assert np.isfinite(results["loss"]) and np.isfinite(results["mse"])
+        assert any(np.abs(a - b.numpy()).max() > 0 for a, b in zip(before, network.trainable_weights))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -1,0 +1,1 @@
+"""Benchmark references (not installed with the package): see dcign_tf.bench."""

@@ -57,6 +57,10 @@ class TrainConfig:
     kl_weight: float = option(1.0, "Weight of the KL term (1 = the variational lower bound).")
     unclamped_steps: int = option(0, "In dcign mode, first train this many steps without clamping, then clamp: "
                                   "the paper's pretrain-then-clamp schedule within one run.")
+    mirror_factors: str = option("", "Factors that change sign when an image is mirrored left-right (faces: "
+                                 "azimuth,light). In dcign mode their latents are asked to be odd under the "
+                                 "mirror, which rules out the paper's azimuth 'switch node'. Not in the paper.")
+    mirror_weight: float = option(1.0, "Scale of the --mirror_factors penalty (mu(x) + mu(mirror(x)))^2.")
     groups_per_batch: int = option(1, "Groups per batch; each group has its own active factor (paper: 1).")
     factor_weights: str = option("", "Factor sampling weights, e.g. identity=2 (the released code's shape bias); "
                                  "unnamed factors weigh 1.")
@@ -113,13 +117,18 @@ class TrainConfig:
             raise ConfigError("--factor_weights must be finite and non-negative")
         return weights
 
+    @property
+    def mirror_factor_list(self) -> list[str]:
+        return [name.strip() for name in self.mirror_factors.split(",") if name.strip()]
+
     def model_kwargs(self, factor_names) -> dict:
         """Arguments of `dcign_tf.model.DCIGN` for data with these factors."""
         return dict(factor_names=list(factor_names), latent_layout=self.latent_layout, image_size=self.image_size,
                     num_latents=self.num_latents, encoder_filters=self.encoder_widths,
                     decoder_filters=self.decoder_widths, encoder_padding=self.encoder_padding, mode=self.mode,
                     invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
-                    unclamped_steps=self.unclamped_steps, seed=self.seed)
+                    unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factor_list,
+                    mirror_weight=self.mirror_weight, seed=self.seed)
 
     def validate(self) -> None:
         positive = ["image_size", "group_size", "num_latents", "groups_per_batch", "steps", "log_every",
@@ -140,13 +149,18 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 < self.dataset_group_spread <= 1:
             raise ConfigError(f"--dataset_group_spread must be in (0, 1], got {self.dataset_group_spread}")
-        if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps) < 0:
-            raise ConfigError("--invariance_weight, --kl_weight, --eval_every and --unclamped_steps must not be negative")
+        if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps, self.mirror_weight) < 0:
+            raise ConfigError("--invariance_weight, --kl_weight, --eval_every, --unclamped_steps and --mirror_weight "
+                              "must not be negative")
         self.encoder_widths, self.decoder_widths, self.factor_weight_map  # noqa: B018 - parse to validate
         try:
-            latents.LatentLayout.parse(self.latent_layout, self.num_latents)
+            layout = latents.LatentLayout.parse(self.latent_layout, self.num_latents)
         except latents.LayoutError as error:
             raise ConfigError(f"--latent_layout: {error}") from None
+        unknown = [name for name in self.mirror_factor_list if name not in layout.factors]
+        if unknown:
+            raise ConfigError(f"--mirror_factors names {unknown}, which --latent_layout does not have "
+                              f"(factors: {','.join(layout.factors)})")
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
             if choices and getattr(self, field.name) not in choices:

@@ -211,12 +211,19 @@ class DCIGN(keras.Model):
       unclamped_steps: in mode "dcign", train this many steps with plain SGVB before clamping: the
         paper's pretrain-then-clamp schedule (§4, "pretraining without clamping worked better")
         inside one run.
+      mirror_factors: factors whose value changes sign when an image is mirrored left-right
+        (faces: azimuth and light). In mode "dcign", their latents' posterior means get a
+        penalty mirror_weight * (mu(x) + mu(mirror(x)))^2 per image, which asks the code to be odd
+        under the mirror. It rules out the symmetric "switch node" code the paper saw for azimuth
+        (Fig. 6a), in which a left and a right profile share one value. Not in the paper; off by default.
+      mirror_weight: scale of that penalty.
       seed: seed of the reparameterisation noise.
     """
 
     def __init__(self, factor_names, latent_layout, image_size=150, num_latents=200,
                  encoder_filters=(96, 48, 24), decoder_filters=(48, 96, 96), encoder_padding="auto",
-                 mode="dcign", invariance_weight=0.01, kl_weight=1.0, unclamped_steps=0, seed=0, **kwargs):
+                 mode="dcign", invariance_weight=0.01, kl_weight=1.0, unclamped_steps=0, mirror_factors=(),
+                 mirror_weight=1.0, seed=0, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -232,6 +239,16 @@ class DCIGN(keras.Model):
         self.seed = int(seed)
         # Row f: 1 on the latents of factor f, the ones that stay free in f's groups.
         self.active_masks = tf.constant(self.layout.active_mask(self.factor_names))
+        self.mirror_factors = list(mirror_factors)
+        self.mirror_weight = float(mirror_weight)
+        unknown = sorted(set(self.mirror_factors) - set(self.factor_names))
+        if unknown:
+            raise ValueError(f"mirror_factors {unknown} are not factors of the data {self.factor_names}")
+        # 1 on the latents that must change sign under a left-right mirror.
+        self.mirror_mask = tf.constant(self.layout.active_mask(self.factor_names)[
+            [self.factor_names.index(name) for name in self.mirror_factors]].sum(axis=0)
+            if self.mirror_factors else np.zeros(num_latents, np.float32))
+        self.use_mirror = mode == "dcign" and bool(self.mirror_factors) and self.mirror_weight > 0
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config)
 
@@ -241,17 +258,19 @@ class DCIGN(keras.Model):
         self.invariance_tracker = keras.metrics.Mean(name="invariance")
         self.factor_reconstruction_trackers = [keras.metrics.Mean(name=f"reconstruction_{name}")
                                                for name in self.factor_names]
+        self.mirror_tracker = keras.metrics.Mean(name="mirror")
         self.mse_tracker = keras.metrics.Mean(name="mse")
         self.built = True
 
     @property
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.invariance_tracker,
-                *self.factor_reconstruction_trackers, self.mse_tracker]
+                *self.factor_reconstruction_trackers, self.mirror_tracker, self.mse_tracker]
 
     @property
     def train_metric_names(self):
-        return ["loss", "reconstruction", "kl", "invariance"] + [t.name for t in self.factor_reconstruction_trackers]
+        names = ["loss", "reconstruction", "kl", "invariance"] + [t.name for t in self.factor_reconstruction_trackers]
+        return names + ["mirror"] if self.use_mirror else names
 
     # The learned rendering engine: encode, change latents, decode.
     def encode(self, images, training=False):
@@ -328,6 +347,12 @@ class DCIGN(keras.Model):
             # all-reduce of gradients then gives the global mean.
             loss = tf.reduce_sum(reconstruction + self.kl_weight * kl) / global_batch
             scaled_loss = loss * self._loss_scale()
+            if self.use_mirror:
+                mirrored_mean, _ = self.encoder(tf.reverse(flat_images, axis=[2]), training=True)
+                mirror = self.mirror_weight * tf.reduce_sum(
+                    self.mirror_mask * tf.square(tf.cast(flat_mean, tf.float32) + tf.cast(mirrored_mean, tf.float32)),
+                    axis=-1)
+                scaled_mirror_loss = tf.reduce_sum(mirror) / global_batch * self._loss_scale()
 
         encoder_variables = self.encoder.trainable_variables
         decoder_variables = self.decoder.trainable_variables
@@ -340,8 +365,12 @@ class DCIGN(keras.Model):
             latent_gradients = [
                 clamp_mask * gradient + latents.invariance_gradient(values, clamp_mask, invariance_scale)
                 for gradient, values in zip(clamped_gradients, [mean, log_variance])]
-            encoder_gradients = tape.gradient([mean, log_variance], encoder_variables,
-                                              output_gradients=latent_gradients)
+            targets, target_gradients = [mean, log_variance], list(latent_gradients)
+            if self.use_mirror:
+                # The mirror penalty acts on the pre-clamp means directly, next to the rewritten gradient.
+                targets.append(scaled_mirror_loss)
+                target_gradients.append(tf.ones_like(scaled_mirror_loss))
+            encoder_gradients = tape.gradient(targets, encoder_variables, output_gradients=target_gradients)
             del tape
         else:
             encoder_gradients, decoder_gradients, latent_gradients = tape.gradient(
@@ -351,6 +380,8 @@ class DCIGN(keras.Model):
         gradients = [by_variable[id(variable)] for variable in self.trainable_variables]
         terms = dict(reconstruction=reconstruction, kl=kl, mean=mean, log_variance=log_variance, active=active,
                      latent_gradients=latent_gradients, loss=loss)
+        if self.use_mirror:
+            terms["mirror"] = mirror
         return terms, gradients
 
     def _loss_scale(self):
@@ -375,6 +406,8 @@ class DCIGN(keras.Model):
         active_factor = tf.cast(batch["active_factor"], tf.int32)
         for index, tracker in enumerate(self.factor_reconstruction_trackers):
             tracker.update_state(group_reconstruction, sample_weight=tf.cast(tf.equal(active_factor, index), tf.float32))
+        if self.use_mirror:
+            self.mirror_tracker.update_state(terms["mirror"])
         return {name: tracker.result() for name, tracker in
                 zip(self.train_metric_names, self.metrics[:len(self.train_metric_names)])}
 
@@ -402,8 +435,8 @@ class DCIGN(keras.Model):
                     decoder_filters=list(self.config.decoder_filters),
                     encoder_padding=self.config.encoder_padding, mode=self.mode,
                     invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
-                    unclamped_steps=self.unclamped_steps, seed=self.seed,
-                    name=self.name)
+                    unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factors,
+                    mirror_weight=self.mirror_weight, seed=self.seed, name=self.name)
 
 
 def flops_per_image(config: ModelConfig) -> dict:

@@ -214,6 +214,33 @@ def test_unclamped_steps_train_plain_sgvb_first_then_clamp():
     np.testing.assert_allclose(terms["latent_gradients"][0].numpy()[inactive], expected[inactive], rtol=1e-4, atol=1e-9)
 
 
+def test_mirror_prior_adds_the_gradient_of_its_penalty_to_the_encoder_only():
+    """--mirror_factors adds w * (mu(x) + mu(flip x))^2 on the mirror-odd latents, per image."""
+    plain, mirrored = tiny_model(), tiny_model(mirror_factors=["azimuth"], mirror_weight=0.7)
+    mirrored.set_weights(plain.get_weights())
+    batch = fixed_batch()
+    noise = tf.random.stateless_normal([2, 3, 6], seed=[9, 10])
+    _, plain_gradients = plain.compute_gradients(batch, noise=noise)
+    terms, mirrored_gradients = mirrored.compute_gradients(batch, noise=noise)
+    flat = batch["images"].reshape(6, 32, 32, 1)
+    with tf.GradientTape() as tape:
+        odd = mirrored.encoder(flat)[0][:, 0] + mirrored.encoder(flat[:, :, ::-1])[0][:, 0]
+        penalty = 0.7 * tf.reduce_sum(tf.square(odd)) / 6
+    penalty_gradients = tape.gradient(penalty, mirrored.trainable_variables)
+    np.testing.assert_allclose(terms["mirror"].numpy(), 0.7 * np.square(odd.numpy()), rtol=1e-5)
+    in_encoder = {id(variable) for variable in mirrored.encoder.trainable_variables}
+    for variable, got, base, extra in zip(mirrored.trainable_variables, mirrored_gradients, plain_gradients,
+                                          penalty_gradients):
+        assert extra is None or id(variable) in in_encoder
+        expected = base.numpy() + (extra.numpy() if extra is not None else 0.0)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=2e-4, atol=1e-6)
+    assert any(extra is not None and np.abs(extra.numpy()).max() > 0 for extra in penalty_gradients)
+    assert "mirror" in mirrored.train_metric_names and "mirror" not in plain.train_metric_names
+    assert not tiny_model(mode="baseline", mirror_factors=["azimuth"]).use_mirror  # the baseline stays plain SGVB
+    with pytest.raises(ValueError, match="not factors of the data"):
+        tiny_model(mirror_factors=["pose"])
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"])
 def test_mixed_precision_trains_and_keeps_the_latents_in_float32(policy):
     keras.mixed_precision.set_global_policy(policy)

@@ -158,6 +158,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, faces_dataset):
         (["--latent_layout=azimuth=0,elevation=0,light=2,identity=rest"], "more than one factor"),
         (["--dataset=prebuilt", "--image_size=64"], "--image_size=64 disagrees with the dataset"),
         (["--groups_per_batch=0"], "--groups_per_batch must be positive"),
+        (["--mirror_factors=azimuth,pose"], "--mirror_factors names ['pose']"),
     ]
     for extra, message in cases:
         code, output = train(workdir, faces_dataset, *extra)

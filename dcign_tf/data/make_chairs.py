@@ -16,7 +16,8 @@ Factors (dataset.json order, the factor_values columns):
   identity  the chair id: the chair's index among the model folders sorted by name (identities.tsv in the
             data directory lists id, split and folder name); range null.
 The elevation is no factor: it is fixed within every group and, as in the paper, left to the
-undifferentiated latents (configs/chairs.flags: azimuth -> z1, everything else -> z2..z200).
+undifferentiated latents (configs/chairs.flags: azimuth -> z0, everything else -> z1..z199; the paper
+counts from 1: z1, z2..z200).
 
 Groups (group_size images each, every image at most once per factor):
   azimuth   one chair at one elevation; group_size of its 31 azimuths, drawn at random without replacement

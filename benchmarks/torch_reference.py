@@ -18,41 +18,22 @@ is optional: this module imports torch at import time, callers guard the import.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The layer geometry is shared with the Keras model, so both networks have the same shapes.
+from dcign_tf.model import ModelConfig, decoder_start_size, encoder_output_size
+
 ENCODER_KERNEL = 5
 DECODER_KERNEL = 7
-
-
-def encoder_output_size(image_size: int, padding: str) -> int:
-    size = image_size
-    for _ in range(3):
-        if padding == "valid":
-            size -= ENCODER_KERNEL - 1
-        size //= 2
-    return size
-
-
-def resolve_padding(image_size: int, padding: str = "auto") -> str:
-    """"auto" is "valid" (the paper) when it leaves at least a 2x2 map, else "same"."""
-    if padding != "auto":
-        return padding
-    return "valid" if encoder_output_size(image_size, "valid") >= 2 else "same"
-
-
-def decoder_start_size(image_size: int) -> int:
-    return math.ceil((image_size + 90) / 16)
 
 
 class Encoder(nn.Module):
     def __init__(self, image_size=150, num_latents=200, filters=(96, 48, 24), padding="auto"):
         super().__init__()
-        padding = resolve_padding(image_size, padding)
+        padding = ModelConfig(image_size=image_size, encoder_padding=padding).resolved_encoder_padding
         channels = (1,) + tuple(filters)
         self.convs = nn.ModuleList(
             nn.Conv2d(channels[i], channels[i + 1], ENCODER_KERNEL,

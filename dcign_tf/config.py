@@ -41,7 +41,7 @@ class TrainConfig:
     dataset_num_shards: int = option(4, "Shards per (split, factor) when building the faces set.")
     dataset_seed: int = option(0, "Seed of the faces set.")
     dataset_group_spread: float = option(1.0, "Fraction of a factor's range one group of the faces set spans "
-                                         "(1: the whole range; smaller windows unfold the azimuth latent).")
+                                         "(1: the whole range).")
     # Model.
     num_latents: int = option(200, "Size of the graphics code z (paper: 200).")
     encoder_filters: str = option("96,48,24", "Widths of the three 5x5 encoder convolutions (paper: 96,48,24).")

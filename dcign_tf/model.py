@@ -245,9 +245,10 @@ class DCIGN(keras.Model):
         if unknown:
             raise ValueError(f"mirror_factors {unknown} are not factors of the data {self.factor_names}")
         # 1 on the latents that must change sign under a left-right mirror.
-        self.mirror_mask = tf.constant(self.layout.active_mask(self.factor_names)[
-            [self.factor_names.index(name) for name in self.mirror_factors]].sum(axis=0)
-            if self.mirror_factors else np.zeros(num_latents, np.float32))
+        mirror_mask = np.zeros(num_latents, np.float32)
+        for name in self.mirror_factors:
+            mirror_mask[list(self.layout.factor_latents[name])] = 1.0
+        self.mirror_mask = tf.constant(mirror_mask)
         self.use_mirror = mode == "dcign" and bool(self.mirror_factors) and self.mirror_weight > 0
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config)

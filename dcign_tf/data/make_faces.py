@@ -73,10 +73,9 @@ class FacesConfig:
     elevation_range: tuple[float, float] = (-0.4, 0.4)
     light_range: tuple[float, float] = (math.radians(-80.0), math.radians(80.0))
     face_model: str = "procedural"
-    # The fraction of a factor's range that one group's values span (1: the whole range). A group
-    # whose azimuths span both profiles varies most in a way symmetric about the frontal view, which
-    # a single latent learns first, folding at frontal (the paper's "switch node", Fig. 6a); groups
-    # spanning a window are locally monotonic and unfold it.
+    # The fraction of a factor's range that one group's values span (1: the whole range), each group's
+    # window placed at random. Tried against the azimuth "switch node" (Fig. 6a), it did not unfold
+    # it (2 of 2 runs folded; README, "Results"): --mirror_factors does.
     group_spread: float = 1.0
 
     def __post_init__(self):

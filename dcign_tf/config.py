@@ -58,14 +58,22 @@ class TrainConfig:
     unclamped_steps: int = option(0, "In dcign mode, first train this many steps without clamping, then clamp: "
                                   "the paper's pretrain-then-clamp schedule within one run.")
     mirror_factors: str = option("", "Factors that change sign when an image is mirrored left-right (faces: "
-                                 "azimuth,light). In dcign mode their latents are asked to be odd under the "
-                                 "mirror, which rules out the paper's azimuth 'switch node'. Not in the paper.")
+                                 "azimuth,light). Their latents (by --latent_layout) are asked to be odd under the "
+                                 "mirror, which rules out the paper's azimuth 'switch node'. Not in the paper. "
+                                 "Works in both modes (baseline + mirror is the control) and at every step, the "
+                                 "--unclamped_steps included: the fold forms early and does not unfold.")
     mirror_weight: float = option(1.0, "Scale of the --mirror_factors penalty (mu(x) + mu(mirror(x)))^2.")
+    mirror_images: int = option(0, "Images of each group given the --mirror_factors penalty (0: all); each costs "
+                                "one extra encoder pass.")
     groups_per_batch: int = option(1, "Groups per batch; each group has its own active factor (paper: 1).")
     factor_weights: str = option("", "Factor sampling weights, e.g. identity=2 (the released code's shape bias); "
                                  "unnamed factors weigh 1.")
     steps: int = option(12000, "Total training steps (the paper trained ~12,000 batches).", runtime=True)
-    learning_rate: float = option(5e-4, "The paper's 'meta learning rate'.")
+    learning_rate: float = option(5e-4, "The paper's 'meta learning rate' (the peak, with a schedule).")
+    learning_rate_schedule: str = option("constant", "constant (the paper), or cosine: linear warm-up over "
+                                         "--warmup_steps, then cosine decay to 0 at --steps.",
+                                         choices=["constant", "cosine"])
+    warmup_steps: int = option(0, "Steps of linear learning-rate warm-up (cosine schedule only).")
     momentum_decay: float = option(0.1, "The paper's 'momentum decay' (1 - Adam beta_1).")
     update_decay: float = option(0.01, "The paper's 'weight decay' 0.01, really the update decay (1 - Adam beta_2).")
     epsilon: float = option(1e-8, "Added to the second-moment estimate inside the square root.")
@@ -78,8 +86,9 @@ class TrainConfig:
                            choices=["auto", "default", "mirrored", "multi_worker"], runtime=True)
     jit_compile: bool = option(False, "Compile the train step with XLA (measured slower on CPU; try it on GPU).",
                                runtime=True)
-    precision: str = option("float32", "float32, mixed_float16 (GPU) or mixed_bfloat16.",
-                            choices=["float32", "mixed_float16", "mixed_bfloat16"], runtime=True)
+    precision: str = option("float32", "float32, mixed_float16 (GPU), mixed_bfloat16, or auto: mixed_bfloat16 on "
+                            "CPUs with AVX-512 BF16/AMX and GPUs of compute capability >= 8.0, float32 elsewhere.",
+                            choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"], runtime=True)
     log_every: int = option(20, "Steps between scalar summaries and progress lines.", runtime=True)
     image_every: int = option(500, "Steps between image panels (reconstructions, sweeps) in TensorBoard.",
                               runtime=True)
@@ -128,7 +137,7 @@ class TrainConfig:
                     decoder_filters=self.decoder_widths, encoder_padding=self.encoder_padding, mode=self.mode,
                     invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
                     unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factor_list,
-                    mirror_weight=self.mirror_weight, seed=self.seed)
+                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, seed=self.seed)
 
     def validate(self) -> None:
         positive = ["image_size", "group_size", "num_latents", "groups_per_batch", "steps", "log_every",
@@ -149,9 +158,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 < self.dataset_group_spread <= 1:
             raise ConfigError(f"--dataset_group_spread must be in (0, 1], got {self.dataset_group_spread}")
-        if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps, self.mirror_weight) < 0:
-            raise ConfigError("--invariance_weight, --kl_weight, --eval_every, --unclamped_steps and --mirror_weight "
-                              "must not be negative")
+        if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps, self.mirror_weight,
+               self.mirror_images, self.warmup_steps) < 0:
+            raise ConfigError("--invariance_weight, --kl_weight, --eval_every, --unclamped_steps, --mirror_weight, "
+                              "--mirror_images and --warmup_steps must not be negative")
+        if self.warmup_steps and self.learning_rate_schedule == "constant":
+            raise ConfigError("--warmup_steps needs --learning_rate_schedule=cosine")
         self.encoder_widths, self.decoder_widths, self.factor_weight_map  # noqa: B018 - parse to validate
         try:
             layout = latents.LatentLayout.parse(self.latent_layout, self.num_latents)

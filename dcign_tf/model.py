@@ -212,18 +212,24 @@ class DCIGN(keras.Model):
         paper's pretrain-then-clamp schedule (§4, "pretraining without clamping worked better")
         inside one run.
       mirror_factors: factors whose value changes sign when an image is mirrored left-right
-        (faces: azimuth and light). In mode "dcign", their latents' posterior means get a
-        penalty mirror_weight * (mu(x) + mu(mirror(x)))^2 per image, which asks the code to be odd
-        under the mirror. It rules out the symmetric "switch node" code the paper saw for azimuth
-        (Fig. 6a), in which a left and a right profile share one value. Not in the paper; off by default.
+        (faces: azimuth and light). Their latents' posterior means get a penalty
+        mirror_weight * (mu(x) + mu(mirror(x)))^2 per image, which asks the code to be odd under
+        the mirror. It rules out the symmetric "switch node" code the paper saw for azimuth
+        (Fig. 6a), in which a left and a right profile share one value. Not in the paper; off by
+        default. It applies in both modes (baseline + mirror is the control that tells the clamp's
+        effect from the penalty's) and at every step, the unclamped ones included: the fold forms
+        early and does not unfold, and the unclamped phase of a mirrored run is then exactly the
+        baseline + mirror objective. Its gradient reaches only the encoder.
       mirror_weight: scale of that penalty.
+      mirror_images: images of each group that get the penalty (their first `mirror_images`; a
+        group's images are in random order), 0 for all. It costs one extra encoder pass over them.
       seed: seed of the reparameterisation noise.
     """
 
     def __init__(self, factor_names, latent_layout, image_size=150, num_latents=200,
                  encoder_filters=(96, 48, 24), decoder_filters=(48, 96, 96), encoder_padding="auto",
                  mode="dcign", invariance_weight=0.01, kl_weight=1.0, unclamped_steps=0, mirror_factors=(),
-                 mirror_weight=1.0, seed=0, **kwargs):
+                 mirror_weight=1.0, mirror_images=0, seed=0, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -241,6 +247,9 @@ class DCIGN(keras.Model):
         self.active_masks = tf.constant(self.layout.active_mask(self.factor_names))
         self.mirror_factors = list(mirror_factors)
         self.mirror_weight = float(mirror_weight)
+        self.mirror_images = int(mirror_images)
+        if self.mirror_images < 0:
+            raise ValueError(f"mirror_images must be 0 (all) or positive, got {mirror_images}")
         unknown = sorted(set(self.mirror_factors) - set(self.factor_names))
         if unknown:
             raise ValueError(f"mirror_factors {unknown} are not factors of the data {self.factor_names}")
@@ -249,7 +258,7 @@ class DCIGN(keras.Model):
         for name in self.mirror_factors:
             mirror_mask[list(self.layout.factor_latents[name])] = 1.0
         self.mirror_mask = tf.constant(mirror_mask)
-        self.use_mirror = mode == "dcign" and bool(self.mirror_factors) and self.mirror_weight > 0
+        self.use_mirror = bool(self.mirror_factors) and self.mirror_weight > 0
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config)
 
@@ -306,8 +315,9 @@ class DCIGN(keras.Model):
         Returns:
           (terms, gradients): `terms` holds per-image `reconstruction` and `kl` [B], the
           pre-clamp encoder outputs `mean`/`log_variance` [groups, G, L], the `active` mask
-          [groups, 1, L], and `latent_gradients` (d objective / d mean, d objective /
-          d log-variance) [groups, G, L] after the rewrite; `gradients` are aligned with
+          [groups, 1, L], and `latent_gradients` (d SGVB objective / d mean, d objective /
+          d log-variance) [groups, G, L] after the rewrite, the mirror penalty's part left out;
+          `gradients` (the mirror penalty's included) are aligned with
           `self.trainable_variables`. The objective is the per-image loss averaged over the
           global batch, so every gradient carries the same 1/global_batch factor; in the
           paper's batch-summed convention a clamped latent's gradient is exactly
@@ -329,7 +339,9 @@ class DCIGN(keras.Model):
             # Before `unclamped_steps`, every latent counts as active: the clamp and the rewrite are identities.
             clamp_mask = tf.where(self.optimizer.iterations < self.unclamped_steps, tf.ones_like(active), active)
 
-        with tf.GradientTape(persistent=clamp) as tape:
+        # Two passes over one tape in both modes: the decoder and the latents first, then the encoder
+        # from the latents' (rewritten, in dcign mode) gradients and the mirror penalty.
+        with tf.GradientTape(persistent=True) as tape:
             flat_mean, flat_log_variance = self.encoder(flat_images, training=True)
             mean = tf.reshape(flat_mean, [groups, group_size, -1])
             log_variance = tf.reshape(flat_log_variance, [groups, group_size, -1])
@@ -349,33 +361,38 @@ class DCIGN(keras.Model):
             loss = tf.reduce_sum(reconstruction + self.kl_weight * kl) / global_batch
             scaled_loss = loss * self._loss_scale()
             if self.use_mirror:
-                mirrored_mean, _ = self.encoder(tf.reverse(flat_images, axis=[2]), training=True)
+                # The first `mirror_images` of each group (in random order) stand for the group.
+                mirrored = min(self.mirror_images or group_size, group_size)
+                mirror_images = tf.reshape(images[:, :mirrored], [groups * mirrored, *images.shape[2:]])
+                mirrored_mean, _ = self.encoder(tf.reverse(mirror_images, axis=[2]), training=True)
+                original_mean = tf.reshape(mean[:, :mirrored], [groups * mirrored, -1])
                 mirror = self.mirror_weight * tf.reduce_sum(
-                    self.mirror_mask * tf.square(tf.cast(flat_mean, tf.float32) + tf.cast(mirrored_mean, tf.float32)),
-                    axis=-1)
-                scaled_mirror_loss = tf.reduce_sum(mirror) / global_batch * self._loss_scale()
+                    self.mirror_mask * tf.square(tf.cast(original_mean, tf.float32)
+                                                 + tf.cast(mirrored_mean, tf.float32)), axis=-1)
+                # Normalised per penalised image, so the weight means the same whatever the subset.
+                scaled_mirror_loss = tf.reduce_sum(mirror) / (global_batch * mirrored / group_size) * self._loss_scale()
 
         encoder_variables = self.encoder.trainable_variables
         decoder_variables = self.decoder.trainable_variables
+        decoder_gradients, sgvb_latent_gradients = tape.gradient(
+            scaled_loss, [decoder_variables, [clamped_mean, clamped_log_variance]])
         if clamp:
-            decoder_gradients, clamped_gradients = tape.gradient(
-                scaled_loss, [decoder_variables, [clamped_mean, clamped_log_variance]])
             # Backward: the active latents keep their SGVB gradient; the clamped ones get only
             # the pull toward their group mean, scaled like the objective.
             invariance_scale = self.invariance_weight * self._loss_scale() / global_batch
             latent_gradients = [
                 clamp_mask * gradient + latents.invariance_gradient(values, clamp_mask, invariance_scale)
-                for gradient, values in zip(clamped_gradients, [mean, log_variance])]
-            targets, target_gradients = [mean, log_variance], list(latent_gradients)
-            if self.use_mirror:
-                # The mirror penalty acts on the pre-clamp means directly, next to the rewritten gradient.
-                targets.append(scaled_mirror_loss)
-                target_gradients.append(tf.ones_like(scaled_mirror_loss))
-            encoder_gradients = tape.gradient(targets, encoder_variables, output_gradients=target_gradients)
-            del tape
+                for gradient, values in zip(sgvb_latent_gradients, [mean, log_variance])]
         else:
-            encoder_gradients, decoder_gradients, latent_gradients = tape.gradient(
-                scaled_loss, [encoder_variables, decoder_variables, [mean, log_variance]])
+            latent_gradients = sgvb_latent_gradients
+        targets, target_gradients = [mean, log_variance], list(latent_gradients)
+        if self.use_mirror:
+            # The mirror penalty acts on the pre-clamp means directly, next to the latents' gradient;
+            # it depends on the encoder alone, so the decoder's gradient stays plain SGVB.
+            targets.append(scaled_mirror_loss)
+            target_gradients.append(tf.ones_like(scaled_mirror_loss))
+        encoder_gradients = tape.gradient(targets, encoder_variables, output_gradients=target_gradients)
+        del tape
         by_variable = {id(variable): gradient for variable, gradient in
                        zip(encoder_variables + decoder_variables, encoder_gradients + decoder_gradients)}
         gradients = [by_variable[id(variable)] for variable in self.trainable_variables]
@@ -437,7 +454,8 @@ class DCIGN(keras.Model):
                     encoder_padding=self.config.encoder_padding, mode=self.mode,
                     invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
                     unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factors,
-                    mirror_weight=self.mirror_weight, seed=self.seed, name=self.name)
+                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, seed=self.seed,
+                    name=self.name)
 
 
 def flops_per_image(config: ModelConfig) -> dict:

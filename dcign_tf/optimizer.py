@@ -59,3 +59,16 @@ class DCIGNRMSprop(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(momentum_decay=self.momentum_decay, update_decay=self.update_decay, epsilon=self.epsilon)
         return config
+
+
+def learning_rate(peak: float, schedule: str = "constant", steps: int = 1, warmup_steps: int = 0):
+    """The step size: `peak` throughout ("constant", the paper), or "cosine": a linear warm-up from
+    0 over `warmup_steps`, then a cosine decay from `peak` to 0 at `steps`."""
+    if schedule == "constant":
+        return peak
+    if schedule != "cosine":
+        raise ValueError(f"learning-rate schedule must be constant or cosine, got {schedule!r}")
+    warmup_steps = min(warmup_steps, steps - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else peak, decay_steps=max(1, steps - warmup_steps),
+        warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps)

@@ -54,7 +54,8 @@ from dcign_tf import export as export_lib  # noqa: E402
 from dcign_tf.data import input_pipeline, make_faces, records  # noqa: E402
 from dcign_tf.latents import LayoutError  # noqa: E402
 from dcign_tf.model import DCIGN  # noqa: E402
-from dcign_tf.optimizer import DCIGNRMSprop  # noqa: E402
+from dcign_tf import optimizer as optimizer_lib  # noqa: E402
+from dcign_tf import precision as precision_lib  # noqa: E402
 
 # Errors a user can fix: reported as one line, exit code 2.
 USER_ERRORS = (config_lib.ConfigError, records.DatasetError, LayoutError, export_lib.ExportError)
@@ -179,13 +180,18 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
     logging.info("strategy %s with %d replica(s); dataset %s: %s", type(strategy).__name__, replicas,
                  config.data_dir, dict(info.splits["train"]))
 
-    keras.mixed_precision.set_global_policy(config.precision)
+    policy = precision_lib.resolve(config.precision)
+    if policy != config.precision:
+        logging.info("--precision=%s: using %s on this machine", config.precision, policy)
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = DCIGN(**config.model_kwargs(info.factor_names))
-        optimizer = DCIGNRMSprop(learning_rate=config.learning_rate, momentum_decay=config.momentum_decay,
+        step_size = optimizer_lib.learning_rate(config.learning_rate, config.learning_rate_schedule, config.steps,
+                                                config.warmup_steps)
+        optimizer = optimizer_lib.DCIGNRMSprop(learning_rate=step_size, momentum_decay=config.momentum_decay,
                                  update_decay=config.update_decay, epsilon=config.epsilon)
-        if config.precision == "mixed_float16":
+        if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         optimizer.build(model.trainable_variables)

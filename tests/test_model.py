@@ -214,9 +214,11 @@ def test_unclamped_steps_train_plain_sgvb_first_then_clamp():
     np.testing.assert_allclose(terms["latent_gradients"][0].numpy()[inactive], expected[inactive], rtol=1e-4, atol=1e-9)
 
 
-def test_mirror_prior_adds_the_gradient_of_its_penalty_to_the_encoder_only():
-    """--mirror_factors adds w * (mu(x) + mu(flip x))^2 on the mirror-odd latents, per image."""
-    plain, mirrored = tiny_model(), tiny_model(mirror_factors=["azimuth"], mirror_weight=0.7)
+@pytest.mark.parametrize("mode", ["dcign", "baseline"])
+def test_mirror_prior_adds_the_gradient_of_its_penalty_to_the_encoder_only(mode):
+    """--mirror_factors adds w * (mu(x) + mu(flip x))^2 on the mirror-odd latents, per image, in
+    both modes: baseline + mirror is the control for DC-IGN + mirror."""
+    plain, mirrored = tiny_model(mode), tiny_model(mode, mirror_factors=["azimuth"], mirror_weight=0.7)
     mirrored.set_weights(plain.get_weights())
     batch = fixed_batch()
     noise = tf.random.stateless_normal([2, 3, 6], seed=[9, 10])
@@ -235,10 +237,60 @@ def test_mirror_prior_adds_the_gradient_of_its_penalty_to_the_encoder_only():
         expected = base.numpy() + (extra.numpy() if extra is not None else 0.0)
         np.testing.assert_allclose(got.numpy(), expected, rtol=2e-4, atol=1e-6)
     assert any(extra is not None and np.abs(extra.numpy()).max() > 0 for extra in penalty_gradients)
+    for got, base in zip(terms["latent_gradients"], plain.compute_gradients(batch, noise=noise)[0]["latent_gradients"]):
+        np.testing.assert_allclose(got.numpy(), base.numpy(), rtol=2e-4, atol=1e-7)  # the SGVB part, unchanged
     assert "mirror" in mirrored.train_metric_names and "mirror" not in plain.train_metric_names
-    assert not tiny_model(mode="baseline", mirror_factors=["azimuth"]).use_mirror  # the baseline stays plain SGVB
     with pytest.raises(ValueError, match="not factors of the data"):
         tiny_model(mirror_factors=["pose"])
+
+
+def test_mirror_images_penalises_the_first_images_of_each_group():
+    """--mirror_images=K: the penalty on the first K images of every group, averaged over them."""
+    network = tiny_model(mirror_factors=["azimuth"], mirror_images=2)
+    batch = fixed_batch(groups=2, group_size=3)
+    noise = tf.random.stateless_normal([2, 3, 6], seed=[9, 10])
+    terms, gradients = network.compute_gradients(batch, noise=noise)
+    subset = batch["images"][:, :2].reshape(4, 32, 32, 1)
+    with tf.GradientTape() as tape:
+        odd = network.encoder(subset)[0][:, 0] + network.encoder(subset[:, :, ::-1])[0][:, 0]
+        penalty = tf.reduce_sum(tf.square(odd)) / 4
+    np.testing.assert_allclose(terms["mirror"].numpy(), np.square(odd.numpy()), rtol=1e-5)
+    penalty_gradients = tape.gradient(penalty, network.encoder.trainable_variables)
+    without = tiny_model(mirror_factors=["azimuth"], mirror_weight=0.0)
+    without.set_weights(network.get_weights())
+    _, plain_gradients = without.compute_gradients(batch, noise=noise)
+    by_id = {id(v): (g, p) for v, g, p in zip(network.trainable_variables, gradients, plain_gradients)}
+    for variable, extra in zip(network.encoder.trainable_variables, penalty_gradients):
+        got, plain = by_id[id(variable)]
+        np.testing.assert_allclose(got.numpy(), plain.numpy() + (0.0 if extra is None else extra.numpy()),
+                                   rtol=2e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="mirror_images"):
+        tiny_model(mirror_factors=["azimuth"], mirror_images=-1)
+
+
+@pytest.mark.parametrize("gpus, features, expected", [
+    ([], {"avx2", "avx512f", "avx512_bf16"}, "mixed_bfloat16"),
+    ([], {"avx2", "amx_bf16"}, "mixed_bfloat16"),
+    ([], {"avx2", "avx512f"}, "float32"),
+    ([(8, 0), (9, 0)], set(), "mixed_bfloat16"),
+    ([(7, 5)], {"avx512_bf16"}, "float32"),
+])
+def test_auto_precision_picks_bfloat16_only_where_the_hardware_runs_it(gpus, features, expected):
+    from dcign_tf import precision
+
+    assert precision.auto_policy(gpus, features) == expected
+    assert precision.resolve("float32") == "float32"
+    assert precision.resolve("auto") in precision.POLICIES
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from dcign_tf.optimizer import learning_rate
+
+    assert learning_rate(1e-3) == 1e-3
+    schedule = learning_rate(1e-3, "cosine", steps=100, warmup_steps=10)
+    values = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(values, [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
+    np.testing.assert_allclose(float(learning_rate(1e-3, "cosine", steps=100)(0)), 1e-3)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"])

@@ -194,6 +194,21 @@ def sgvb_terms(images, logits, mean, log_variance):
     return reconstruction, kl
 
 
+def global_results(trackers) -> dict:
+    """{tracker.name: its mean over all replicas} for `keras.metrics.Mean` trackers, in a replica context.
+
+    Each replica holds its own total and count. The ratio of their sums is what one device
+    reports; the mean of per-replica ratios is not (a replica without a group of some factor
+    would count as 0). Outside a strategy this is each tracker's `result()`.
+    """
+    sums = [tf.convert_to_tensor(value) for tracker in trackers for value in (tracker.total, tracker.count)]
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        sums = context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    return {tracker.name: tf.math.divide_no_nan(sums[2 * index], sums[2 * index + 1])
+            for index, tracker in enumerate(trackers)}
+
+
 @keras.saving.register_keras_serializable(package="dcign_tf")
 class DCIGN(keras.Model):
     """DC-IGN: a convolutional VAE whose train_step clamps inactive latents to the group mean.
@@ -278,9 +293,15 @@ class DCIGN(keras.Model):
                 *self.factor_reconstruction_trackers, self.mirror_tracker, self.mse_tracker]
 
     @property
+    def train_trackers(self):
+        """The trackers `train_step` reports, by name."""
+        trackers = [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.invariance_tracker,
+                    *self.factor_reconstruction_trackers]
+        return trackers + [self.mirror_tracker] if self.use_mirror else trackers
+
+    @property
     def train_metric_names(self):
-        names = ["loss", "reconstruction", "kl", "invariance"] + [t.name for t in self.factor_reconstruction_trackers]
-        return names + ["mirror"] if self.use_mirror else names
+        return [tracker.name for tracker in self.train_trackers]
 
     # The learned rendering engine: encode, change latents, decode.
     def encode(self, images, training=False):
@@ -418,33 +439,55 @@ class DCIGN(keras.Model):
         # Diagnostic in both modes: how far the would-be-clamped latents stray from their group mean.
         deviation = 0.5 * (latents.clamped_deviation(terms["mean"], terms["active"])
                            + latents.clamped_deviation(terms["log_variance"], terms["active"]))
-        self.invariance_tracker.update_state(deviation)
-        groups = terms["mean"].shape[0]
+        groups, group_size = terms["mean"].shape[0], terms["mean"].shape[1]
+        # Weighted by the clamped entries it averages, so that replicas combine into the global mean.
+        self.invariance_tracker.update_state(deviation, sample_weight=tf.reduce_sum(1.0 - terms["active"]) * group_size)
         group_reconstruction = tf.reduce_mean(tf.reshape(terms["reconstruction"], [groups, -1]), axis=1)
         active_factor = tf.cast(batch["active_factor"], tf.int32)
         for index, tracker in enumerate(self.factor_reconstruction_trackers):
             tracker.update_state(group_reconstruction, sample_weight=tf.cast(tf.equal(active_factor, index), tf.float32))
         if self.use_mirror:
             self.mirror_tracker.update_state(terms["mirror"])
-        return {name: tracker.result() for name, tracker in
-                zip(self.train_metric_names, self.metrics[:len(self.train_metric_names)])}
+        return global_results(self.train_trackers)
 
     def test_step(self, batch):
-        """The lower bound with clamping off, and the per-pixel MSE of mean reconstructions."""
+        """The lower bound with clamping off, and the per-pixel MSE of mean reconstructions.
+
+        The noise is drawn for the whole global batch and sliced by replica, like the training
+        noise. An uneven last batch can leave a replica without a group: it then evaluates one
+        zero-weight blank image, because empty batches break the convolutions.
+        """
         images = tf.cast(batch["images"], tf.float32)  # Layers cast to their compute dtype; the targets stay float32.
-        flat_images = tf.reshape(images, [-1, *images.shape[2:]])
+        image_shape = images.shape[2:]
+        flat_images = tf.reshape(images, [-1, *image_shape])
+        count = tf.shape(flat_images)[0]
+        padding = tf.maximum(1 - count, 0)
+        flat_images = tf.concat([flat_images, tf.zeros([padding, *image_shape], flat_images.dtype)], axis=0)
+        weights = tf.concat([tf.ones([count]), tf.zeros([padding])], axis=0)
         mean, log_variance = self.encoder(flat_images, training=False)
-        noise = tf.random.stateless_normal(tf.shape(mean), seed=tf.constant([self.seed, -1], tf.int64))
+        noise = tf.concat([self._test_noise(count), tf.zeros([padding, self.config.num_latents])], axis=0)
         logits = self.decoder(mean + tf.exp(0.5 * log_variance) * noise, training=False)
         reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32), mean, log_variance)
         reconstructed = self.decode(mean)
         per_image_mse = tf.reduce_mean(tf.square(tf.cast(reconstructed, tf.float32) - flat_images), axis=[1, 2, 3])
-        self.loss_tracker.update_state(reconstruction + kl)
-        self.reconstruction_tracker.update_state(reconstruction)
-        self.kl_tracker.update_state(kl)
-        self.mse_tracker.update_state(per_image_mse)
-        return {"loss": self.loss_tracker.result(), "reconstruction": self.reconstruction_tracker.result(),
-                "kl": self.kl_tracker.result(), "mse": self.mse_tracker.result()}
+        self.loss_tracker.update_state(reconstruction + kl, sample_weight=weights)
+        self.reconstruction_tracker.update_state(reconstruction, sample_weight=weights)
+        self.kl_tracker.update_state(kl, sample_weight=weights)
+        self.mse_tracker.update_state(per_image_mse, sample_weight=weights)
+        return global_results([self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.mse_tracker])
+
+    def _test_noise(self, count):
+        """Noise [count, L] for this replica's `count` test images: its rows of one draw for the global batch."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        counts = tf.one_hot(replica, replicas, dtype=tf.int32) * count
+        if replicas > 1:
+            counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)  # every replica's image count
+        noise = tf.random.stateless_normal([tf.reduce_sum(counts), self.config.num_latents],
+                                           seed=tf.constant([self.seed, -1], tf.int64))
+        start = tf.reduce_sum(counts[:replica])
+        return noise[start:start + count]
 
     def get_config(self):
         return dict(factor_names=self.factor_names, latent_layout=self.layout.to_spec(),

@@ -88,6 +88,49 @@ def test_reparameterisation_noise_differs_between_replicas():
     np.testing.assert_array_equal(np.concatenate([first, second]), one_device)
 
 
+def one_epoch_metrics(strategy, active_factor):
+    """Training metrics of one step, and test metrics over 3 groups in batches of 2 (the last uneven)."""
+    rng = np.random.default_rng(1)
+    groups = len(active_factor)
+    train = {"images": rng.uniform(size=(groups, 3, 32, 32, 1)).astype(np.float32),
+             "active_factor": np.array(active_factor, np.int32)}
+    test = {"images": rng.uniform(size=(3, 3, 32, 32, 1)).astype(np.float32),
+            "active_factor": np.arange(3, dtype=np.int32)}
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = tiny_model()
+        model.compile(optimizer=DCIGNRMSprop(learning_rate=1e-3), jit_compile=False)
+    history = model.fit(tf.data.Dataset.from_tensor_slices(train).batch(groups, drop_remainder=True), epochs=1,
+                        verbose=0)
+    test_metrics = model.evaluate(tf.data.Dataset.from_tensor_slices(test).batch(2), verbose=0, return_dict=True)
+    return {name: values[0] for name, values in history.history.items()}, test_metrics
+
+
+def test_metrics_under_mirrored_strategy_are_the_one_device_metrics():
+    """Per-factor reconstructions and invariance are global ratios, not means of per-replica ratios:
+    replica 1 sees no azimuth group here, and used to halve reconstruction_azimuth."""
+    active_factor = [0, 0, 1, 2]
+    single_train, single_test = one_epoch_metrics(tf.distribute.get_strategy(), active_factor)
+    train, test = one_epoch_metrics(mirrored(2), active_factor)
+    assert set(train) == set(single_train) >= {"reconstruction_azimuth", "invariance", "loss"}
+    for name, value in single_train.items():
+        np.testing.assert_allclose(train[name], value, rtol=1e-5, err_msg=name)
+    # The last test batch holds one group, so replica 1 gets none; the metrics still cover all 3 groups.
+    assert set(test) == set(single_test) == {"loss", "reconstruction", "kl", "mse"}
+    for name, value in single_test.items():
+        np.testing.assert_allclose(test[name], value, rtol=1e-5, err_msg=name)
+
+
+def test_test_noise_differs_between_replicas_and_is_the_one_device_noise():
+    strategy = mirrored(2)
+    with strategy.scope():
+        model = tiny_model()
+    per_replica = strategy.run(lambda: model._test_noise(tf.constant(3)))
+    first, second = [t.numpy() for t in strategy.experimental_local_results(per_replica)]
+    assert first.shape == second.shape == (3, 6) and np.abs(first - second).max() > 0.1
+    np.testing.assert_array_equal(np.concatenate([first, second]), tiny_model()._test_noise(tf.constant(6)).numpy())
+
+
 # Two worker processes on 127.0.0.1 with TF_CONFIG.
 
 def free_ports(count):

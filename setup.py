@@ -23,6 +23,7 @@ setup(
         "scikit-learn>=1.4",
         "h5py>=3.10",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8.0", "kubernetes-validate>=1.31", "jsonschema>=4.18", "pyyaml>=6.0"],

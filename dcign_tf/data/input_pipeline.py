@@ -126,15 +126,21 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     expected_image_size: int | None = None,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of `groups_per_batch` whole groups of `split` (see the module docstring for the dict).
 
     factors: read only these factors (default: all), e.g. to hold one out.
     factor_weights: factor name -> relative sampling weight (unlisted factors: 1; 0: never drawn), e.g. the
       released code's "shape bias" {"identity": 2}.
-    repeat: endless, with static batch shapes (drop_remainder); False reads every group once and keeps the
+    repeat: endless, with static batch shapes (drop_remainder). Its order is a pure function of (seed,
+      start_batch) for a given dataset and input pipeline, whatever `deterministic` says: a resumed run
+      continues the stream instead of replaying its start. False reads every group once and keeps the
       last, smaller batch (evaluation).
-    deterministic: the same seed gives the same batches (tests); otherwise order may vary for speed.
+    deterministic: with repeat=False, the same seed gives the same batches; otherwise their order may
+      vary for speed.
+    start_batch: with repeat, the stream from this batch on: the batches that skipping that many would
+      give, at the cost of reading (not decoding) at most one epoch of each factor's records.
     input_context: from `strategy.distribute_datasets_from_function`; each input pipeline reads a disjoint
       part (whole shard files when there are enough, else every n-th record) and batches
       `input_context.get_per_replica_batch_size(groups_per_batch)` groups.
@@ -161,15 +167,30 @@ def make_dataset(
         num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         batch_size = input_context.get_per_replica_batch_size(groups_per_batch)
     per_factor_buffer = max(1, shuffle_buffer // len(drawn_factors))
+    layout = dict(num_pipelines=num_pipelines, pipeline_id=pipeline_id, shuffle=shuffle,
+                  shuffle_buffer=per_factor_buffer)
 
-    factor_records = [
-        _factor_records(files[factor], info.factor_index(factor), num_pipelines=num_pipelines,
-                        pipeline_id=pipeline_id, shuffle=shuffle, shuffle_buffer=per_factor_buffer,
-                        repeat=repeat, deterministic=deterministic, seed=seed)
-        for factor in drawn_factors
-    ]
-    mixed = tf.data.Dataset.sample_from_datasets(
-        factor_records, weights=[weights[factor] for factor in drawn_factors], seed=seed)
+    if repeat:
+        deterministic = True  # The stream's order must be reproducible for `start_batch` to find its place.
+        choices, drawn_before = _factor_choices([weights[factor] for factor in drawn_factors], seed, pipeline_id,
+                                                start_batch * batch_size)
+        streams = []
+        for number, factor in enumerate(drawn_factors):
+            epoch_groups = _pipeline_groups(info, split, factor, num_pipelines, pipeline_id)
+            if epoch_groups == 0:
+                raise DatasetError(f"{json_path}: factor {factor!r} has {info.num_groups(split, factor)} {split} "
+                                   f"groups, too few for {num_pipelines} input pipelines; use fewer workers")
+            first_epoch, skipped = divmod(int(drawn_before[number]), epoch_groups)
+            streams.append(tf.data.Dataset.counter(first_epoch).flat_map(
+                lambda epoch, factor=factor, number=number: _factor_records(
+                    files[factor], info.factor_index(factor), deterministic=True,
+                    seed=_epoch_seed(seed, number, epoch), **layout)).skip(skipped))
+        mixed = tf.data.Dataset.choose_from_datasets(streams, choices)
+    else:
+        factor_records = [_factor_records(files[factor], info.factor_index(factor), deterministic=deterministic,
+                                          seed=seed, **layout) for factor in drawn_factors]
+        mixed = tf.data.Dataset.sample_from_datasets(
+            factor_records, weights=[weights[factor] for factor in drawn_factors], seed=seed)
     groups = mixed.map(lambda serialized, factor_index, path: _decode_group(serialized, factor_index, path, info),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     batches = groups.batch(batch_size, drop_remainder=repeat)
@@ -201,15 +222,71 @@ def _sampling_weights(json_path: str, dataset_factors: Sequence[str], factors: l
     return weights
 
 
+# Factor choices are drawn in blocks of this many, each from its own stateless seed.
+_CHOICE_BLOCK = 4096
+
+
+def _factor_choices(weights: list[float], seed: int, pipeline_id: int, start: int) -> tuple[tf.data.Dataset, list]:
+    """Which factor each group of an endless stream comes from, from its `start`-th group on.
+
+    Group i's factor is drawn with probability proportional to `weights`, from a stateless seed of
+    (seed, pipeline_id, i // _CHOICE_BLOCK), so any position is reached without replaying the draws.
+
+    Returns (int64 dataset of factor numbers, the number of groups each factor gave before `start`).
+    """
+    cumulative = tf.constant(_normalised_cumulative(weights)[:-1], tf.float32)
+
+    def block(index):
+        key = tf.stack([tf.constant(seed, tf.int64), pipeline_id * (1 << 40) + tf.cast(index, tf.int64)])
+        uniform = tf.random.stateless_uniform([_CHOICE_BLOCK], seed=key)
+        return tf.cast(tf.searchsorted(cumulative, uniform, side="right"), tf.int64)
+
+    full_blocks, within = divmod(start, _CHOICE_BLOCK)
+    drawn_before = tf.zeros([len(weights)], tf.int64)
+    for index in range(full_blocks + (within > 0)):
+        choices = block(index)[: within if index == full_blocks else _CHOICE_BLOCK]
+        drawn_before += tf.math.bincount(choices, minlength=len(weights), maxlength=len(weights), dtype=tf.int64)
+    stream = tf.data.Dataset.counter(full_blocks).flat_map(
+        lambda index: tf.data.Dataset.from_tensor_slices(block(index))).skip(within)
+    return stream, drawn_before.numpy().tolist()
+
+
+def _normalised_cumulative(weights: list[float]) -> list[float]:
+    """Cumulative sums of `weights`, normalised to end at 1."""
+    total = float(sum(weights))
+    sums, running = [], 0.0
+    for weight in weights:
+        running += weight
+        sums.append(running / total)
+    return sums
+
+
+def _epoch_seed(seed: int, factor_number: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The shuffle seed of one factor's epoch: a different order every epoch, the same on every run."""
+    return (tf.constant(seed, tf.int64) * 1_000_003 + factor_number) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def _pipeline_groups(info: DatasetInfo, split: str, factor: str, num_pipelines: int, pipeline_id: int) -> int:
+    """Groups of `factor` one input pipeline reads per epoch (see `_factor_records` for how they are split)."""
+    total = info.num_groups(split, factor)
+    if num_pipelines > 1 and info.num_shards >= num_pipelines:
+        return sum(len(records.shard_group_range(total, info.num_shards, index))
+                   for index in range(pipeline_id, info.num_shards, num_pipelines))
+    return len(range(pipeline_id, total, num_pipelines))
+
+
 def _factor_records(paths: list[str], factor_index: int, *, num_pipelines: int, pipeline_id: int, shuffle: bool,
-                    shuffle_buffer: int, repeat: bool, deterministic: bool, seed: int) -> tf.data.Dataset:
-    """One factor's serialized groups as (serialized, factor_index, shard path) elements."""
+                    shuffle_buffer: int, deterministic: bool, seed) -> tf.data.Dataset:
+    """One epoch of one factor's serialized groups as (serialized, factor_index, shard path) elements.
+
+    seed: an int, or an int64 scalar tensor (one per epoch of an endless stream).
+    """
     files = tf.data.Dataset.from_tensor_slices(paths)
     shard_by_file = len(paths) >= num_pipelines
     if num_pipelines > 1 and shard_by_file:
         files = files.shard(num_pipelines, pipeline_id)
     if shuffle:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        files = files.shuffle(len(paths), seed=seed)
     read_in_parallel = min(len(paths), MAX_FILES_READ_IN_PARALLEL)
     groups = files.interleave(
         lambda path: tf.data.TFRecordDataset(path).map(lambda serialized: (serialized, factor_index, path)),
@@ -222,9 +299,7 @@ def _factor_records(paths: list[str], factor_index: int, *, num_pipelines: int, 
     if num_pipelines > 1 and not shard_by_file:
         groups = groups.shard(num_pipelines, pipeline_id)
     if shuffle:
-        groups = groups.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        groups = groups.repeat()
+        groups = groups.shuffle(shuffle_buffer, seed=seed)
     return groups
 
 

@@ -3,14 +3,17 @@
 Every code here is built so that the right score follows from how it was built: a perfectly
 disentangled code (each factor read off one latent), a maximally mixed rotation of it (every
 latent an equal blend of every factor), a random rotation, and hand-computable small tables.
-Small N keeps the whole file to a few seconds on 2 cores; DCI runs with its fast default.
+The big codes (4,000 points) are scored with the fast approximations (``fast=True`` for DCI,
+``continuous=True`` for SAP); the reference settings, the defaults, are tested on small grouped
+problems with few classes so that their 100-stage boosted trees stay at a few seconds on 2 cores.
 """
 import math
 
 import numpy as np
 import pytest
 
-from dcign_tf.metrics.disentanglement import dci, disentanglement_scores, mig, sap
+from dcign_tf.metrics.disentanglement import (
+    _split_indices, dci, dci_many, disentanglement_scores, disentanglement_scores_many, mig, sap)
 from dcign_tf.metrics.equivariance import equivariance, invariance
 
 NUM_POINTS = 4000
@@ -133,14 +136,14 @@ def test_mig_skips_constant_factors_and_raises_when_all_are(perfect_code, factor
 # ----------------------------------------------------------------------------- SAP
 
 
-def test_sap_of_perfect_code_is_high_and_of_rotated_codes_low(
+def test_correlation_sap_of_perfect_code_is_high_and_of_rotated_codes_low(
     perfect_code, hadamard_code, random_rotation_code, factors
 ):
     # Perfect: r^2 = 1 for the own latent and ~1/N for the others.
-    assert sap(perfect_code, factors)["sap"] > 0.99
+    assert sap(perfect_code, factors, continuous=True)["sap"] > 0.99
     # Hadamard: every latent has r^2 = 1/4 with every factor, up to sampling noise (~0.02).
-    assert sap(hadamard_code, factors)["sap"] < 0.1
-    assert sap(random_rotation_code, factors)["sap"] < 0.5
+    assert sap(hadamard_code, factors, continuous=True)["sap"] < 0.1
+    assert sap(random_rotation_code, factors, continuous=True)["sap"] < 0.5
 
 
 def test_sap_discrete_uses_linear_svm_accuracy(rng):
@@ -152,9 +155,9 @@ def test_sap_discrete_uses_linear_svm_accuracy(rng):
     num_points = 900
     factor = np.repeat([0.0, 1.0], num_points // 2)
     codes = np.stack([factor * 10.0 + rng.normal(scale=0.5, size=num_points), rng.normal(size=num_points)], axis=1)
-    result = sap(codes, factor[:, None], continuous=False)
+    result = sap(codes, factor[:, None])  # the reference: continuous=False
     assert 0.4 < result["sap"] < 0.6
-    swapped = sap(codes[:, ::-1], factor[:, None], continuous=False)
+    swapped = sap(codes[:, ::-1], factor[:, None])
     assert swapped["sap"] == pytest.approx(result["sap"])  # the score does not depend on latent order.
 
 
@@ -162,7 +165,7 @@ def test_sap_discrete_uses_linear_svm_accuracy(rng):
 
 
 def test_dci_of_perfect_code_is_near_one(perfect_code, factors):
-    result = dci(perfect_code, factors)
+    result = dci(perfect_code, factors, fast=True)
     assert result["disentanglement"] > 0.9
     assert result["completeness"] > 0.9
     assert result["informativeness"] > 0.9  # a single threshold per bin recovers the 20 classes.
@@ -178,10 +181,10 @@ def test_dci_of_rotated_codes_is_clearly_lower(hadamard_code, random_rotation_co
     # of R is ~uniform over the 4 factors (D ~ 0), and every column is at least as spread as
     # uniform over those 4 of the 6 latents (C <= 1 - ln 4 / ln 6 = 0.23; lower still, since the
     # trees also split on the 2 noise latents when the factor is this hard to predict).
-    mixed = dci(hadamard_code, factors)
+    mixed = dci(hadamard_code, factors, fast=True)
     assert mixed["disentanglement"] < 0.1
     assert mixed["completeness"] < 1 - math.log(4) / math.log(6)
-    rotated = dci(random_rotation_code, factors)
+    rotated = dci(random_rotation_code, factors, fast=True)
     assert rotated["disentanglement"] < 0.3
     assert rotated["completeness"] < 0.3
 
@@ -193,23 +196,129 @@ def test_duplicated_latents_separate_mig_and_sap_from_dci(factors, rng):
     # equally informative, so the MIG and SAP gaps vanish.
     copies = np.concatenate([factors * 0.02 + 1.0, factors * -0.05], axis=1)
     codes = _with_noise_latents(copies, rng)
-    result = dci(codes, factors)
+    result = dci(codes, factors, fast=True)
     assert result["disentanglement"] > 0.9
     assert result["completeness"] == pytest.approx(1 - math.log(2) / math.log(10), abs=0.06)
     assert mig(codes, factors)["mig"] < 0.01
-    assert sap(codes, factors)["sap"] < 0.01
+    assert sap(codes, factors, continuous=True)["sap"] < 0.01
 
 
-def test_dci_full_setting_agrees_on_a_small_discrete_problem(rng):
-    # Two 5-valued discrete factors (categorical path, 5 trees per stage) keep the full
-    # 100-stage, all-latent fit to a few seconds.
-    num_points = 600
-    discrete_factors = rng.integers(0, 5, size=(num_points, 2)).astype(float)
-    codes = _with_noise_latents(discrete_factors + rng.normal(scale=0.05, size=discrete_factors.shape), rng)
-    full = dci(codes, discrete_factors, fast=False, num_train=400, num_test=200)
-    assert full["disentanglement"] > 0.9
-    assert full["completeness"] > 0.9
-    assert full["informativeness"] > 0.95
+# ----------------------------------------------------------------------------- the reference settings, grouped
+
+# Small grouped problems with discrete factors of few classes (few trees per boosting stage), so that the
+# reference DCI (100 stages) takes seconds: 40 groups of 5 images, 2 factors of 4 values, 2 noise latents.
+NUM_GROUPS, GROUP_SIZE, NUM_CLASSES = 40, 5, 4
+
+
+def _grouped_discrete_problem(seed=0):
+    """(factors [200, 2] in {0..3}, group ids [200]); each factor uniform over its classes."""
+    problem_rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(NUM_GROUPS), GROUP_SIZE)
+    factors = problem_rng.integers(0, NUM_CLASSES, size=(NUM_GROUPS * GROUP_SIZE, 2)).astype(float)
+    return factors, groups, problem_rng
+
+
+def test_reference_dci_of_a_perfect_grouped_code_is_near_one_and_of_a_mixed_one_low():
+    factors, groups, problem_rng = _grouped_discrete_problem()
+    noise = problem_rng.normal(size=(factors.shape[0], 2))
+    perfect = np.concatenate([factors + problem_rng.normal(scale=0.05, size=factors.shape), noise], axis=1)
+    standardised = _standardised(factors)
+    # 45 degrees: each latent holds exactly half of each factor's variance, so every row of R is ~uniform.
+    mixed = np.concatenate([standardised @ (np.array([[1.0, 1.0], [1.0, -1.0]]) / math.sqrt(2)), noise], axis=1)
+    scores = dci_many({"perfect": perfect, "mixed": mixed}, factors, groups=groups, n_jobs=2)
+    assert scores["perfect"]["num_train"] + scores["perfect"]["num_test"] == 200  # 2 : 1, whole groups
+    assert scores["perfect"]["num_train"] % GROUP_SIZE == 0
+    assert scores["perfect"]["disentanglement"] > 0.9
+    assert scores["perfect"]["completeness"] > 0.9
+    assert scores["perfect"]["informativeness"] > 0.95
+    assert scores["mixed"]["disentanglement"] < 0.2
+    # Each factor's importance is split evenly over the 2 mixed latents (and some on noise): C is at most
+    # 1 - ln 2 / ln 4 = 0.5 with 4 latents.
+    assert scores["mixed"]["completeness"] < 0.55
+    # The same fits one at a time: n_jobs changes nothing.
+    assert dci(perfect, factors, groups=groups) == scores["perfect"]
+
+
+def test_reference_sap_separates_codes_of_binary_factors_but_not_of_20_binned_ones():
+    factors, groups, problem_rng = _grouped_discrete_problem(1)
+    binary = (factors >= 2).astype(float)  # 2 classes each, balanced
+    noise = problem_rng.normal(size=(binary.shape[0], 2))
+    perfect = np.concatenate([binary * 2.0 + problem_rng.normal(scale=0.1, size=binary.shape), noise], axis=1)
+    mixed = np.concatenate([_standardised(binary) @ (np.array([[1.0, 1.0], [1.0, -1.0]]) / math.sqrt(2)), noise],
+                           axis=1)
+    # Perfect: the own latent is ~100% right, the best other (noise or the other factor's) ~50%: gap ~0.5.
+    assert 0.4 < sap(perfect, binary, groups=groups)["sap"] < 0.6
+    # 45 degrees: both mixed latents are ~75% right for both factors: the gap vanishes.
+    assert sap(mixed, binary, groups=groups)["sap"] < 0.12
+    # 20 equal-width bins of a continuous factor: a one-vs-rest linear SVM on one feature predicts only
+    # the extreme bins, so even a perfect latent reads ~0.09 against ~0.05 for noise: SAP ~0.04, the same
+    # as a rotated code (the documented limit of the reference on continuous factors).
+    continuous = np.random.default_rng(2).uniform(-1.0, 1.0, size=(1000, 2))
+    perfect_continuous = _with_noise_latents(continuous * 0.5, np.random.default_rng(3))
+    rotated = _with_noise_latents(continuous @ (np.array([[1.0, 1.0], [1.0, -1.0]]) / math.sqrt(2)),
+                                  np.random.default_rng(3))
+    perfect_sap = sap(perfect_continuous, continuous)["sap"]
+    assert perfect_sap < 0.1
+    assert abs(perfect_sap - sap(rotated, continuous)["sap"]) < 0.05
+    assert sap(perfect_continuous, continuous, continuous=True)["sap"] > 0.95  # the correlation variant sees it
+
+
+def test_splits_keep_whole_groups_on_one_side():
+    groups = np.repeat(np.arange(30), 7)[np.random.default_rng(0).permutation(210)]  # groups scattered
+    train, test = _split_indices(210, 10_000, 5_000, np.random.default_rng(4), groups)
+    assert not set(groups[train]) & set(groups[test])
+    assert len(train) + len(test) == 210  # fewer points than the reference: all used, about 2 : 1
+    assert abs(len(train) - 140) <= 7
+    again = _split_indices(210, 10_000, 5_000, np.random.default_rng(4), groups)
+    np.testing.assert_array_equal(train, again[0])
+    # More points than asked for: at least the requested sizes, whole groups, the rest unused.
+    train, test = _split_indices(210, 50, 20, np.random.default_rng(4), groups)
+    assert 50 <= len(train) < 57 and 20 <= len(test) < 27
+    # No groups: an image-level split of exactly the requested sizes.
+    train, test = _split_indices(210, 50, 20, np.random.default_rng(4))
+    assert (len(train), len(test)) == (50, 20)
+    with pytest.raises(ValueError, match="groups"):
+        _split_indices(210, 50, 20, np.random.default_rng(4), np.zeros(210))
+
+
+def test_a_group_split_stops_dci_reading_a_factor_off_near_twins():
+    # The factor is fixed per group and the code is a per-group random vector that says nothing about it
+    # (an identity code). Split by image, the trees memorise each group's code from its twins in the
+    # train split and "predict" the factor; split by group they cannot: chance, 1 / 4.
+    factors, groups, problem_rng = _grouped_discrete_problem(5)
+    group_factor = factors[::GROUP_SIZE, :1].repeat(GROUP_SIZE, axis=0)
+    identity_code = np.repeat(problem_rng.normal(size=(NUM_GROUPS, 2)), GROUP_SIZE, axis=0)
+    identity_code += problem_rng.normal(scale=0.01, size=identity_code.shape)
+    by_group = dci(identity_code, group_factor, groups=groups)["informativeness"]
+    by_image = dci(identity_code, group_factor)["informativeness"]
+    assert by_group < 0.5
+    assert by_image > 0.7
+
+
+def test_reference_scores_record_their_settings():
+    factors, groups, problem_rng = _grouped_discrete_problem(6)
+    codes = _with_noise_latents(factors + problem_rng.normal(scale=0.05, size=factors.shape), problem_rng)
+    result = disentanglement_scores_many({"a": codes, "b": codes[:, ::-1]}, factors, groups=groups, n_jobs=2)
+    assert set(result["a"]["scores"]) == {"mig", "sap", "dci_disentanglement", "dci_completeness",
+                                          "dci_informativeness"}
+    settings = result["a"]["settings"]
+    assert set(settings) == {"mig", "sap", "dci"}
+    for key in ("sap", "dci"):
+        assert settings[key]["split"] == "by group"
+        assert settings[key]["reference_points"] == [10_000, 5_000]
+        assert settings[key]["train_points"] + settings[key]["test_points"] == 200
+        assert settings[key]["setting"].startswith("disentanglement_lib reference")
+    # Reordering the latents moves no score.
+    for key, value in result["a"]["scores"].items():
+        assert result["b"]["scores"][key] == pytest.approx(value, abs=1e-9), key
+    # The approximations never appear under the reference names.
+    fast = disentanglement_scores(codes, factors, groups=groups, fast=True)
+    assert set(fast["scores"]) == {"mig", "sap", "sap_correlation", "dci_fast_disentanglement",
+                                   "dci_fast_completeness", "dci_fast_informativeness"}
+    assert set(fast["settings"]) == {"mig", "sap", "sap_correlation", "dci_fast"}
+    assert fast["settings"]["dci_fast"]["setting"].startswith("approximation")
+    assert fast["scores"]["sap"] == result["a"]["scores"]["sap"]  # the reference SAP either way
+    assert fast["scores"]["dci_fast_disentanglement"] > 0.9
 
 
 def test_dci_tolerates_constant_latents_and_a_single_factor(perfect_code, factors):
@@ -217,7 +326,7 @@ def test_dci_tolerates_constant_latents_and_a_single_factor(perfect_code, factor
         [perfect_code[:, :1], np.zeros((NUM_POINTS, 1)), np.full((NUM_POINTS, 1), 0.1), perfect_code[:, 1:]],
         axis=1,
     )
-    result = dci(codes, factors[:, :1])
+    result = dci(codes, factors[:, :1], fast=True)
     importance = np.array(result["importance"])
     assert np.all(np.isfinite(importance))
     assert importance[1:3].sum() == 0.0  # constant latents are never split on.
@@ -227,7 +336,7 @@ def test_dci_tolerates_constant_latents_and_a_single_factor(perfect_code, factor
 
 
 def test_dci_with_every_latent_constant_scores_zero(factors):
-    result = dci(np.zeros((NUM_POINTS, 3)), factors[:, :2])
+    result = dci(np.zeros((NUM_POINTS, 3)), factors[:, :2], fast=True)
     assert result["disentanglement"] == 0.0
     assert result["completeness"] == 0.0
     assert result["informativeness"] < 0.2  # one guessed class out of 20.
@@ -236,38 +345,41 @@ def test_dci_with_every_latent_constant_scores_zero(factors):
 # ----------------------------------------------------------------------------- all metrics together
 
 
-def test_disentanglement_scores_on_200_latents_with_constant_ones(factors, rng):
+def test_fast_scores_on_200_latents_with_constant_ones(factors, rng):
     # DC-IGN's size: 200 latents, here 4 carry the factors, 20 are dead (constant), the rest noise.
+    # (The reference SAP fits 800 SVMs here, a minute on 2 cores: it is tested on small codes below.)
     num_latents = 200
     codes = rng.normal(size=(NUM_POINTS, num_latents))
     codes[:, 100:120] = 0.0
     factor_columns = [3, 57, 131, 190]
     codes[:, factor_columns] = factors * 0.02
-    scores = disentanglement_scores(codes, factors)
-    assert set(scores) == {"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness"}
+    scores = {"mig": mig(codes, factors)["mig"], "sap_correlation": sap(codes, factors, continuous=True)["sap"],
+              **{f"dci_fast_{key}": value for key, value in dci(codes, factors, fast=True).items()
+                 if key in ("disentanglement", "completeness")}}
     assert all(isinstance(value, float) and math.isfinite(value) for value in scores.values())
     # The max plug-in MI over 196 noise latents is ~2.7 sd above the mean bias: MIG ~0.98.
     assert scores["mig"] > 0.95
-    assert scores["sap"] > 0.99
-    assert scores["dci_disentanglement"] > 0.9
-    assert scores["dci_completeness"] > 0.9
+    assert scores["sap_correlation"] > 0.99
+    assert scores["dci_fast_disentanglement"] > 0.9
+    assert scores["dci_fast_completeness"] > 0.9
 
 
 def test_scores_are_deterministic_for_a_fixed_seed(random_rotation_code, factors):
-    first = disentanglement_scores(random_rotation_code, factors, seed=3)
-    assert first == disentanglement_scores(random_rotation_code, factors, seed=3)
+    first = disentanglement_scores(random_rotation_code, factors, fast=True, seed=3)
+    assert first == disentanglement_scores(random_rotation_code, factors, fast=True, seed=3)
 
 
 def test_constant_latents_score_zero_in_mig_and_sap(perfect_code, factors):
     codes = np.concatenate([np.zeros((NUM_POINTS, 1)), np.full((NUM_POINTS, 1), 0.1), perfect_code], axis=1)
     assert mig(codes, factors)["mig"] == pytest.approx(mig(perfect_code, factors)["mig"])
-    assert sap(codes, factors)["sap"] == pytest.approx(sap(perfect_code, factors)["sap"])
+    assert sap(codes, factors, continuous=True)["sap"] == pytest.approx(
+        sap(perfect_code, factors, continuous=True)["sap"])
 
 
 def test_single_latent_takes_second_best_as_zero(factors):
     result = mig(factors[:, :1], factors[:, :1])
     assert result["mig"] == pytest.approx(1.0)
-    assert sap(factors[:, :1], factors[:, :1])["sap"] == pytest.approx(1.0)
+    assert sap(factors[:, :1], factors[:, :1], continuous=True)["sap"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("metric", [mig, sap, dci, disentanglement_scores])

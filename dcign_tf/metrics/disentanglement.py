@@ -10,6 +10,13 @@ Shapes and conventions shared by every function here:
   A 1-D array is read as a single latent, ``[N, 1]``.
 * ``factors``: ``[N, K]`` float, the ground-truth generating factors of the same N images
   (e.g. azimuth in degrees, elevation, light angle). A 1-D array is read as a single factor.
+* ``groups``: optional ``[N]`` labels (any numpy-comparable values) of the group each image came
+  from, e.g. the record of grouped training data. SAP and DCI fit classifiers on a train split and
+  score them on a test split; with ``groups`` every group lies wholly on one side, so no test
+  image has a near-twin (same identity, same scene but one factor) among the training images.
+  disentanglement_lib draws the two splits independently from a generator, which grouped test data
+  cannot do; splitting by image would make informativeness optimistic. ``None``: every image is
+  its own group.
 * Wherever a factor has to be treated as discrete (MIG, discrete SAP, DCI), a factor with at most
   ``num_bins`` distinct values is taken as categorical (its values are the classes, as
   disentanglement_lib's discrete factors are); any other factor is cut into ``num_bins``
@@ -17,29 +24,42 @@ Shapes and conventions shared by every function here:
 * A factor that is constant over the N images carries no information: it is skipped, its
   per-factor entry is ``nan``, and a ``ValueError`` is raised if every factor is constant.
 * Mutual information and entropies are in nats (natural log).
-* Everything is deterministic given ``seed``.
+* Everything is deterministic given ``seed`` (also with ``n_jobs`` > 1: parallel fits are the
+  same fits, each with its own seed).
+
+The reference settings (the defaults) and the fast approximations (``fast=True`` for DCI,
+``continuous=True`` for SAP) are described in ``dci`` and ``sap``; ``disentanglement_scores``
+reports the approximations under their own key names (``dci_fast_*``, ``sap_correlation``), never
+under the reference names.
 """
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.svm import LinearSVC
 
-__all__ = ["mig", "sap", "dci", "disentanglement_scores"]
+__all__ = ["mig", "sap", "dci", "dci_many", "disentanglement_scores", "disentanglement_scores_many"]
 
 DEFAULT_NUM_BINS = 20
 
-# DCI sizes. The full setting is disentanglement_lib's (10,000 train / 5,000 test points,
-# GradientBoostingClassifier defaults: 100 stages of depth-3 trees, one tree per class per stage).
-FULL_DCI_NUM_TRAIN = 10_000
-FULL_DCI_NUM_TEST = 5_000
-# The fast setting: every latent, but few points and two boosting stages; see ``dci``.
+# disentanglement_lib's sample sizes for SAP and DCI (its study configurations): 10,000 train and
+# 5,000 test points. With fewer points, both shrink in the same 2 : 1 ratio.
+REFERENCE_NUM_TRAIN = 10_000
+REFERENCE_NUM_TEST = 5_000
+# DCI's reference classifier: GradientBoostingClassifier's defaults (100 stages of depth-3 trees,
+# one tree per class per stage), spelled out so that a scikit-learn default change cannot move scores.
+REFERENCE_DCI_NUM_ESTIMATORS = 100
+DCI_MAX_DEPTH = 3
+# SAP's reference classifier: one-feature LinearSVC(C=0.01, class_weight="balanced").
+SAP_SVM_C = 0.01
+# The fast DCI approximation: every latent, but few points and two boosting stages; see ``dci``.
 FAST_DCI_NUM_TRAIN = 500
 FAST_DCI_NUM_TEST = 1_000
 FAST_DCI_NUM_ESTIMATORS = 2
-FULL_DCI_NUM_ESTIMATORS = 100  # sklearn's default, spelled out so a default change cannot move scores.
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -91,22 +111,45 @@ def _scored_factor_mask(factors: np.ndarray) -> np.ndarray:
 
 
 def _split_indices(
-    num_points: int, num_train: int, num_test: int, rng: np.random.Generator
+    num_points: int, num_train: int, num_test: int, rng: np.random.Generator, groups=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint random train / test index arrays.
+    """Disjoint train / test index arrays (sorted), whole groups on each side.
 
-    When fewer than ``num_train + num_test`` points exist, both sizes are scaled down in the same
-    ratio so that every point is used.
+    Groups are taken in a random order: the first ones go to the train split until it holds at
+    least ``num_train`` points, the next ones to the test split until it holds at least
+    ``num_test``. When fewer than ``num_train + num_test`` points exist, both sizes are first
+    scaled down in the same ratio, so that every point is used. ``groups``: ``[N]`` labels, or
+    ``None`` for one group per point (an image-level split of exactly the requested sizes).
     """
     if num_train < 1 or num_test < 1:
         raise ValueError(f"num_train and num_test must be >= 1; got {num_train}, {num_test}.")
+    if groups is None:
+        group_of_point = np.arange(num_points)
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != (num_points,):
+            raise ValueError(f"groups must be 1-D with one label per point ({num_points}); got shape {groups.shape}.")
+        group_of_point = np.unique(groups, return_inverse=True)[1].reshape(-1)
     if num_train + num_test > num_points:
         num_train = int(num_points * num_train / (num_train + num_test))
         num_test = num_points - num_train
-        if num_train < 2 or num_test < 1:
-            raise ValueError(f"too few points ({num_points}) for a train / test split.")
-    order = rng.permutation(num_points)
-    return order[:num_train], order[num_train : num_train + num_test]
+    num_groups = int(group_of_point.max()) + 1
+    if num_train < 2 or num_test < 1 or num_groups < 2:
+        raise ValueError(f"too few points ({num_points}) or groups ({num_groups}) for a train / test split.")
+    order = rng.permutation(num_groups)
+    points_so_far = np.cumsum(np.bincount(group_of_point, minlength=num_groups)[order])
+    # Groups needed to reach num_train points, leaving at least one group for the test split.
+    train_groups = min(int(np.searchsorted(points_so_far, num_train)) + 1, num_groups - 1)
+    test_groups = int(np.searchsorted(points_so_far, points_so_far[train_groups - 1] + num_test)) + 1 - train_groups
+    test_groups = min(test_groups, num_groups - train_groups)
+    side = np.full(num_groups, -1)
+    side[order[:train_groups]] = 0
+    side[order[train_groups:train_groups + test_groups]] = 1
+    train_index = np.flatnonzero(side[group_of_point] == 0)
+    test_index = np.flatnonzero(side[group_of_point] == 1)
+    if train_index.size < 2:
+        raise ValueError(f"too few points ({num_points}) for a train / test split.")
+    return train_index, test_index
 
 
 # ----------------------------------------------------------------------------- discretisation
@@ -273,7 +316,7 @@ def _linear_svm_accuracy_matrix(
             continue  # A single class in the train split: no classifier to fit; every latent scores 0.
         for latent in range(train_codes.shape[1]):
             # disentanglement_lib's classifier; primal solver (dual=False) as N >> 1 feature.
-            classifier = LinearSVC(C=0.01, class_weight="balanced", dual=False, random_state=seed)
+            classifier = LinearSVC(C=SAP_SVM_C, class_weight="balanced", dual=False, random_state=seed)
             classifier.fit(train_codes[:, latent : latent + 1], train_labels[:, factor])
             predictions = classifier.predict(test_codes[:, latent : latent + 1])
             accuracy[latent, factor] = np.mean(predictions == test_labels[:, factor])
@@ -284,46 +327,55 @@ def sap(
     codes,
     factors,
     *,
-    continuous: bool = True,
+    groups=None,
+    continuous: bool = False,
     seed: int = 0,
-    test_fraction: float = 0.5,
+    num_train: int = REFERENCE_NUM_TRAIN,
+    num_test: int = REFERENCE_NUM_TEST,
     num_bins: int = DEFAULT_NUM_BINS,
 ) -> dict:
     """Separated attribute predictability (Kumar et al. 2018), as disentanglement_lib computes it.
 
-    Every (latent, factor) pair gets a score: with ``continuous=True`` (the default; DC-IGN's pose
-    and light are continuous) the squared Pearson correlation of latent and raw factor value on
-    the held-out split; with ``continuous=False`` the held-out accuracy of a one-feature linear SVM
-    (``LinearSVC(C=0.01, class_weight="balanced")``, fit on the train split) predicting the
-    factor's class. Per factor, best minus second-best latent; SAP is the mean over factors.
-    (disentanglement_lib computes the continuous score on its train sample; nothing is fitted,
-    so that is the same estimator on a different random subset.)
-    As in disentanglement_lib the latents are not standardised, so the SVM's C=0.01
-    regularisation is stronger for latents with a small scale. ``continuous=False`` suits factors
-    with few classes: a one-vs-rest linear SVM on one feature can only isolate the extreme classes
-    of an ordered factor, so with 20 bins even a perfect latent scores low (~0.05 measured on a
-    uniform factor); use the default for continuous factors.
+    Every (latent, factor) pair gets a score on the held-out split. With ``continuous=False``
+    (the default: the reference setting, ``continuous_factors=False`` in every one of
+    disentanglement_lib's study configurations) it is the test accuracy of a one-feature linear
+    SVM (``LinearSVC(C=0.01, class_weight="balanced")``, fit on the train split) predicting the
+    factor's class, the factor discretised as the module docstring says (20 equal-width bins for
+    a continuous factor). With ``continuous=True`` it is the squared Pearson correlation of the
+    latent and the raw factor value (disentanglement_lib's ``continuous_factors=True`` variant,
+    which computes it on its train sample; nothing is fitted, so that is the same estimator on a
+    different random subset). Per factor, best minus second-best latent; SAP is the mean over
+    factors. As in disentanglement_lib the latents are not standardised.
+
+    Read the reference SAP on binned continuous factors with care. A one-vs-rest linear SVM on one
+    feature can isolate only the two extreme classes of an ordered factor: every middle class is
+    linearly inseparable from the rest, gets a near-constant decision function, and one of them
+    wins everywhere in the middle. So with 20 bins even a perfect latent predicts about 2-3
+    classes right, ~0.09 accuracy on a uniform factor, against ~0.05 for a useless latent: SAP
+    ~0.04, the same as a randomly rotated code (measured, 3,000 points, 3 uniform factors: 0.037
+    perfect, 0.040 rotated). It separates codes only for factors with few classes (binary: a
+    perfect latent ~1.0 against ~0.5, SAP ~0.5). This is a property of the reference, which is
+    why published SAP values are small; ``continuous=True`` is the informative one for
+    continuous factors, and ``disentanglement_scores`` reports it as ``sap_correlation``.
 
     Args:
       codes: ``[N, L]`` posterior means.
       factors: ``[N, K]`` ground-truth factor values (class labels when discretised, see module).
-      continuous: squared correlation (True) or linear-SVM accuracy (False).
+      groups: ``[N]`` group labels; whole groups go to one split (see the module docstring).
+      continuous: squared correlation (True) or linear-SVM accuracy (False, the reference).
       seed: seeds the random train / test split.
-      test_fraction: share of the N points held out for scoring, in (0, 1).
+      num_train, num_test: split sizes, disentanglement_lib's by default; scaled down in the same
+        ratio when N is smaller than their sum.
       num_bins: discretisation of continuous-valued factors when ``continuous=False``.
 
     Returns:
-      ``{"sap": float in [0, 1], "per_factor": [K floats]}`` (``nan`` for a constant factor).
-      With a single latent the second-best score is taken as 0.
+      ``{"sap": float in [0, 1], "per_factor": [K floats], "num_train": int, "num_test": int}``
+      (``nan`` for a constant factor). With a single latent the second-best score is taken as 0.
     """
     codes, factors = _validate_codes_and_factors(codes, factors)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}.")
     scored = _scored_factor_mask(factors)
-    num_points = codes.shape[0]
-    num_test = max(1, int(round(num_points * test_fraction)))
     train_index, test_index = _split_indices(
-        num_points, num_points - num_test, num_test, np.random.default_rng(seed)
+        codes.shape[0], num_train, num_test, np.random.default_rng(seed), groups
     )
     if continuous:
         scores = _squared_correlation_matrix(codes[test_index], factors[test_index])
@@ -335,7 +387,12 @@ def sap(
             codes[train_index], labels[train_index], codes[test_index], labels[test_index], scored, seed
         )
     per_factor = _top_two_gap(scores)
-    return {"sap": _mean_over_scored(per_factor, scored), "per_factor": _per_factor_list(per_factor, scored)}
+    return {
+        "sap": _mean_over_scored(per_factor, scored),
+        "per_factor": _per_factor_list(per_factor, scored),
+        "num_train": int(train_index.size),
+        "num_test": int(test_index.size),
+    }
 
 
 # ----------------------------------------------------------------------------- DCI
@@ -374,15 +431,94 @@ def _disentanglement_and_completeness(importance: np.ndarray) -> tuple[float, fl
     return float(disentanglement), float(completeness)
 
 
+def _fit_boosted_trees(train_codes, train_target, test_codes, test_target, num_estimators: int, seed: int):
+    """One factor's DCI predictor: (absolute feature importances [L], test accuracy)."""
+    if np.unique(train_target).size < 2:
+        # Only one class in the train split: predict it; no latent is used.
+        return np.zeros(train_codes.shape[1]), float(np.mean(test_target == train_target[0]))
+    model = GradientBoostingClassifier(n_estimators=num_estimators, max_depth=DCI_MAX_DEPTH, random_state=seed)
+    model.fit(train_codes, train_target)
+    return np.abs(model.feature_importances_), float(np.mean(model.predict(test_codes) == test_target))
+
+
+def dci_many(
+    codes_by_run: Mapping,
+    factors,
+    *,
+    groups=None,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    fast: bool = False,
+    seed: int = 0,
+    num_bins: int = DEFAULT_NUM_BINS,
+    n_jobs: int = 1,
+) -> dict:
+    """``dci`` of several codes of the same images (e.g. two models), all fits run in one pool.
+
+    Args:
+      codes_by_run: name -> ``[N, L_name]`` posterior means of the same N images.
+      factors, groups, num_train, num_test, fast, seed, num_bins: as in ``dci``; every code gets
+        the same split.
+      n_jobs: boosted-tree fits (one per (code, factor)) run at once, in threads (the tree
+        builder releases the GIL); joblib's convention, -1 for one per core. The fits and so the
+        scores are the same whatever ``n_jobs`` is.
+
+    Returns:
+      name -> ``dci``'s result.
+    """
+    if num_train is None:
+        num_train = FAST_DCI_NUM_TRAIN if fast else REFERENCE_NUM_TRAIN
+    if num_test is None:
+        num_test = FAST_DCI_NUM_TEST if fast else REFERENCE_NUM_TEST
+    num_estimators = FAST_DCI_NUM_ESTIMATORS if fast else REFERENCE_DCI_NUM_ESTIMATORS
+    prepared = {}
+    for name, codes in codes_by_run.items():
+        codes, checked_factors = _validate_codes_and_factors(codes, factors)
+        prepared[name] = codes
+    scored = _scored_factor_mask(checked_factors)
+    labels = _discretize_factors(checked_factors, num_bins)
+    train_index, test_index = _split_indices(
+        checked_factors.shape[0], num_train, num_test, np.random.default_rng(seed), groups
+    )
+    train_labels, test_labels = labels[train_index], labels[test_index]
+    jobs = [(name, factor) for name in prepared for factor in np.flatnonzero(scored)]
+    fits = Parallel(n_jobs=n_jobs, prefer="threads")(
+        delayed(_fit_boosted_trees)(
+            prepared[name][train_index], train_labels[:, factor], prepared[name][test_index],
+            test_labels[:, factor], num_estimators, seed)
+        for name, factor in jobs
+    )
+    results = {}
+    for name, codes in prepared.items():
+        importance = np.zeros((codes.shape[1], checked_factors.shape[1]))
+        accuracies = []
+        for (fit_name, factor), (factor_importance, accuracy) in zip(jobs, fits):
+            if fit_name == name:
+                importance[:, factor] = factor_importance
+                accuracies.append(accuracy)
+        disentanglement, completeness = _disentanglement_and_completeness(importance[:, scored])
+        results[name] = {
+            "disentanglement": disentanglement,
+            "completeness": completeness,
+            "informativeness": float(np.mean(accuracies)),
+            "importance": importance.tolist(),
+            "num_train": int(train_index.size),
+            "num_test": int(test_index.size),
+        }
+    return results
+
+
 def dci(
     codes,
     factors,
     *,
+    groups=None,
     num_train: int | None = None,
     num_test: int | None = None,
-    fast: bool = True,
+    fast: bool = False,
     seed: int = 0,
     num_bins: int = DEFAULT_NUM_BINS,
+    n_jobs: int = 1,
 ) -> dict:
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018).
 
@@ -395,100 +531,128 @@ def dci(
     With one factor D is 1 and with one latent C is 1 whenever anything is predicted (entropy in
     base 1 is taken as 0). Constant latents get importance 0; they still count in C's base L.
 
-    ``fast=False`` is the reference setting: 10,000 train / 5,000 test points and sklearn's
-    defaults (100 stages of depth-3 trees; one tree per class per stage, so 2,000 trees per
-    20-class factor, each split searching every latent). This is the setting to report.
-    ``fast=True`` (the default, for monitoring during training) keeps every latent and the same
-    trees but fits 2 stages on 500 train points (1,000 test points). Where the full fit spends
-    its later stages splitting on uninformative latents (entangled or hard-to-predict factors),
-    so does this one, in about the same proportion, so D and C track the reference; I reads low
-    on hard factors (fewer points, fewer stages). D / C / I, fast vs reference (100 stages,
-    2,000 / 1,000 points) on 3,000 points x 40 latents x 3 uniform factors:
+    ``fast=False`` (the default) is the reference setting: 10,000 train / 5,000 test points and
+    sklearn's defaults (100 stages of depth-3 trees; one tree per class per stage, so 2,000 trees
+    per 20-class factor, each split searching every latent). This is the setting to report.
+    Where its time goes: almost all of it is those trees' fits (scikit-learn's exact splitter
+    sorts every latent at every node), ~54 ms per depth-3 tree on 2,667 points x 64 latents on
+    this project's 2-core machine, so ~110 s per factor; it grows with points x latents. Nothing
+    else is worth optimising; the factors' fits are independent, and ``n_jobs`` runs them in
+    parallel without changing them.
+    ``fast=True`` (for monitoring) keeps every latent and the same trees but fits 2 stages on
+    500 train points (1,000 test points). Where the full fit spends its later stages splitting on
+    uninformative latents (entangled or hard-to-predict factors), so does this one, in about the
+    same proportion, so D and C track the reference; I reads low on hard factors (fewer points,
+    fewer stages). D / C / I, fast vs reference (100 stages, 2,000 / 1,000 points) on 3,000
+    points x 40 latents x 3 uniform factors (image-level split):
       perfect code            1.00 / 0.98 / 0.98   vs 1.00 / 1.00 / 1.00
       randomly rotated        0.14 / 0.14 / 0.12   vs 0.05 / 0.15 / 0.28
       each factor in 8 noisy  0.14 / 0.06 / 0.10   vs 0.10 / 0.04 / 0.13
       one clean, two mixed    0.58 / 0.44 / 0.41   vs 0.55 / 0.49 / 0.59
+    It is an approximation: ``disentanglement_scores`` reports it as ``dci_fast_*``.
     (Screening the latents by mutual information before the fit was tried and rejected: it was
     as fast but read C = 0.61 for the rotated code, because the latents it drops can no longer
     absorb the importance the reference gives them.)
-    Timing of ``disentanglement_scores`` (MIG + SAP + DCI), single-threaded, Python 3.11,
-    sklearn 1.9, on 5,000 points x 200 latents x 4 uniform factors (4 latents = factor + noise,
-    20 dead latents, the rest N(0, 1) noise; the full setting then splits 3,333 / 1,667):
-      fast: 2.4 s CPU (6.5-20 s wall on the shared, loaded 2-core machine);
-            D / C / I = 0.90 / 0.76 / 0.64
-      full: 1,109 s CPU (~18.5 min; 33 min wall there);  D / C / I = 0.83 / 0.76 / 0.77
-    The known-answer tests in tests/test_metrics.py run with the fast default.
 
     Args:
       codes: ``[N, L]`` posterior means.
       factors: ``[N, K]`` ground-truth factor values.
+      groups: ``[N]`` group labels; whole groups go to one split (see the module docstring).
       num_train, num_test: split sizes; ``None`` takes the setting's default. When N is smaller
         than their sum both are scaled down in the same ratio.
-      fast: the fast setting (True) or the full reference setting (False).
+      fast: the fast approximation (True) or the reference setting (False).
       seed: seeds the split and the boosted trees.
       num_bins: classes per continuous-valued factor.
+      n_jobs: factors fitted at once (threads; joblib's convention); the result does not depend on it.
 
     Returns:
       ``{"disentanglement": D, "completeness": C, "informativeness": I,
-      "importance": [L][K] nested list of floats}``; a constant factor's column is all 0 and is
-      left out of D, C and I.
+      "importance": [L][K] nested list of floats, "num_train": int, "num_test": int}``; a constant
+      factor's column is all 0 and is left out of D, C and I.
     """
-    codes, factors = _validate_codes_and_factors(codes, factors)
-    scored = _scored_factor_mask(factors)
-    if num_train is None:
-        num_train = FAST_DCI_NUM_TRAIN if fast else FULL_DCI_NUM_TRAIN
-    if num_test is None:
-        num_test = FAST_DCI_NUM_TEST if fast else FULL_DCI_NUM_TEST
-    labels = _discretize_factors(factors, num_bins)
-    train_index, test_index = _split_indices(codes.shape[0], num_train, num_test, np.random.default_rng(seed))
-    train_codes, test_codes = codes[train_index], codes[test_index]
-    train_labels, test_labels = labels[train_index], labels[test_index]
-
-    num_latents, num_factors = codes.shape[1], factors.shape[1]
-    num_estimators = FAST_DCI_NUM_ESTIMATORS if fast else FULL_DCI_NUM_ESTIMATORS
-    importance = np.zeros((num_latents, num_factors))
-    accuracies = []
-    for factor in np.flatnonzero(scored):
-        train_target, test_target = train_labels[:, factor], test_labels[:, factor]
-        if np.unique(train_target).size < 2:
-            # Only one class in the train split: predict it; no latent is used.
-            accuracies.append(float(np.mean(test_target == train_target[0])))
-            continue
-        model = GradientBoostingClassifier(n_estimators=num_estimators, max_depth=3, random_state=seed)
-        model.fit(train_codes, train_target)
-        importance[:, factor] = np.abs(model.feature_importances_)
-        accuracies.append(float(np.mean(model.predict(test_codes) == test_target)))
-
-    disentanglement, completeness = _disentanglement_and_completeness(importance[:, scored])
-    return {
-        "disentanglement": disentanglement,
-        "completeness": completeness,
-        "informativeness": float(np.mean(accuracies)),
-        "importance": importance.tolist(),
-    }
+    return dci_many({0: codes}, factors, groups=groups, num_train=num_train, num_test=num_test, fast=fast,
+                    seed=seed, num_bins=num_bins, n_jobs=n_jobs)[0]
 
 
 # ----------------------------------------------------------------------------- all together
 
+# What each setting computes, recorded next to the scores (``disentanglement_scores``' "settings").
+_SETTING_DESCRIPTIONS = {
+    "mig": "disentanglement_lib reference: plug-in mutual information of each latent (20 equal-width bins) "
+           "with each factor (20 equal-width bins), every point",
+    "sap": "disentanglement_lib reference (continuous_factors=False): one-feature LinearSVC(C=0.01, "
+           "class_weight='balanced') per (latent, factor), factors in 20 equal-width bins",
+    "dci": "disentanglement_lib reference: GradientBoostingClassifier(n_estimators=100, max_depth=3) per factor, "
+           "factors in 20 equal-width bins, informativeness = test accuracy",
+    "sap_correlation": "approximation, not the reference: squared Pearson correlation of latent and raw factor "
+                       "(disentanglement_lib's continuous_factors=True)",
+    "dci_fast": "approximation, not the reference: the reference's trees with 2 boosting stages on at most "
+                "500 train / 1,000 test points",
+}
 
-def disentanglement_scores(codes, factors, *, fast: bool = True, seed: int = 0) -> dict:
-    """MIG, SAP (continuous) and DCI of one code, as a flat dict of floats.
+
+def disentanglement_scores_many(
+    codes_by_run: Mapping, factors, *, groups=None, fast: bool = False, seed: int = 0, n_jobs: int = 1
+) -> dict:
+    """``disentanglement_scores`` of several codes of the same images, their DCI fits in one pool.
+
+    Args:
+      codes_by_run: name -> ``[N, L_name]`` posterior means of the same N images.
+      factors, groups, fast, seed, n_jobs: as in ``disentanglement_scores``.
+
+    Returns:
+      name -> ``{"scores": ..., "settings": ...}`` as ``disentanglement_scores`` returns it.
+    """
+    factors = _as_2d_float(factors, "factors")
+    split = {"groups": groups, "seed": seed}
+    dci_results = dci_many(codes_by_run, factors, fast=fast, n_jobs=n_jobs, **split)
+    split_name = "by image" if groups is None else "by group"
+    results = {}
+    for name, codes in codes_by_run.items():
+        sap_result = sap(codes, factors, continuous=False, **split)
+        scores = {"mig": mig(codes, factors)["mig"], "sap": sap_result["sap"]}
+        settings = {
+            "mig": {"setting": _SETTING_DESCRIPTIONS["mig"], "points": int(factors.shape[0])},
+            "sap": {"setting": _SETTING_DESCRIPTIONS["sap"], "split": split_name,
+                    "train_points": sap_result["num_train"], "test_points": sap_result["num_test"],
+                    "reference_points": [REFERENCE_NUM_TRAIN, REFERENCE_NUM_TEST]},
+        }
+        dci_result = dci_results[name]
+        prefix = "dci_fast" if fast else "dci"
+        scores.update({f"{prefix}_{part}": dci_result[part]
+                       for part in ("disentanglement", "completeness", "informativeness")})
+        settings[prefix] = {"setting": _SETTING_DESCRIPTIONS[prefix], "split": split_name,
+                            "train_points": dci_result["num_train"], "test_points": dci_result["num_test"]}
+        if not fast:
+            settings["dci"]["reference_points"] = [REFERENCE_NUM_TRAIN, REFERENCE_NUM_TEST]
+        else:
+            correlation = sap(codes, factors, continuous=True, **split)
+            scores["sap_correlation"] = correlation["sap"]
+            settings["sap_correlation"] = {"setting": _SETTING_DESCRIPTIONS["sap_correlation"], "split": split_name,
+                                           "test_points": correlation["num_test"]}
+        results[name] = {"scores": scores, "settings": settings}
+    return results
+
+
+def disentanglement_scores(codes, factors, *, groups=None, fast: bool = False, seed: int = 0,
+                           n_jobs: int = 1) -> dict:
+    """MIG, SAP and DCI of one code, with the setting each number comes from.
 
     Args:
       codes: ``[N, L]`` posterior means.
       factors: ``[N, K]`` ground-truth factor values.
-      fast: DCI's fast setting (see ``dci``); MIG and SAP are cheap and always use every point.
+      groups: ``[N]`` group labels; SAP's and DCI's splits keep whole groups on one side.
+      fast: False (the default): the reference settings, keys ``mig``, ``sap``,
+        ``dci_disentanglement``, ``dci_completeness``, ``dci_informativeness``. True: the fast
+        approximation of DCI instead of the reference one, under ``dci_fast_*``, and the squared-
+        correlation SAP under ``sap_correlation`` next to the reference ``sap`` (which is cheap).
+        MIG always uses every point.
       seed: seeds SAP's and DCI's splits and DCI's trees.
+      n_jobs: DCI's boosted-tree fits run at once (see ``dci_many``).
 
     Returns:
-      ``{"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness"}``.
+      ``{"scores": {key: float}, "settings": {"mig" | "sap" | "dci" | "dci_fast" | "sap_correlation":
+      {"setting": what it computes, "split": "by group" | "by image", "train_points", "test_points",
+      "reference_points": [10000, 5000] for the reference settings}}}``.
     """
-    codes, factors = _validate_codes_and_factors(codes, factors)
-    dci_scores = dci(codes, factors, fast=fast, seed=seed)
-    return {
-        "mig": mig(codes, factors)["mig"],
-        "sap": sap(codes, factors, continuous=True, seed=seed)["sap"],
-        "dci_disentanglement": dci_scores["disentanglement"],
-        "dci_completeness": dci_scores["completeness"],
-        "dci_informativeness": dci_scores["informativeness"],
-    }
+    return disentanglement_scores_many({0: codes}, factors, groups=groups, fast=fast, seed=seed, n_jobs=n_jobs)[0]

@@ -108,7 +108,7 @@ def env_of(container: dict) -> dict:
 # Building
 # --------------------------------------------------------------------------- #
 def test_overlays_are_the_expected_set():
-    assert overlay_names() == sorted(EXPECTED)
+    assert overlay_names() == sorted([*EXPECTED, STUDY])  # STUDY: two Jobs, checked at the end of this file
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -724,3 +724,77 @@ def test_submit_script_parses():
     out = subprocess.run(["bash", "-n", str(ROOT / "jobs" / "submit.sh")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- #
+# The study overlay: two Jobs (dcign-study trains, dcign-study-summary evaluates
+# and summarises), so it is checked here rather than through EXPECTED.
+# --------------------------------------------------------------------------- #
+STUDY = "study"
+
+
+def study_jobs(built) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in built[STUDY] if d["kind"] == JOB}
+
+
+def test_study_overlay_builds_and_validates(built):
+    docs = built[STUDY]
+    assert Counter(d["kind"] for d in docs) == Counter({**COMMON, JOB: 2})
+    assert set(study_jobs(built)) == {"dcign-study", "dcign-study-summary"}
+    for version in K8S_VERSIONS:
+        for doc in docs:
+            validate_doc(doc, version)
+    assert [p for doc in docs for p in doc_violations(doc)] == []
+    test_volumes_reference_claims_of_the_same_overlay(built, STUDY)
+    test_tensorboard(built, STUDY)
+
+
+def test_study_overlay_matches_real_kustomize(built):
+    real = _run_real(OVERLAYS_DIR / STUDY)
+    assert {rid(d): d for d in built[STUDY]} == {rid(d): d for d in real}
+
+
+def test_study_jobs_run_one_study(built, monkeypatch):
+    """One pod per run of the study the pods name, the summary Job on the same study, in this order:
+    the pods train only, the summary Job trains nothing, waits for them and evaluates."""
+    from absl import flags as absl_flags
+
+    from dcign_tf import study as study_lib
+
+    jobs = study_jobs(built)
+    train, summary = jobs["dcign-study"], jobs["dcign-study-summary"]
+    train_c, summary_c = main_container(train), main_container(summary)
+    assert train_c["args"][:3] == summary_c["args"][:3] == ["python", "-m", "dcign_tf.study"]
+    train_own = ["--only_index=$(JOB_COMPLETION_INDEX)", "--noevaluate"]
+    shared = [a for a in train_c["args"][3:] if a not in train_own]
+    assert [a for a in train_c["args"][3:] if a in train_own] == train_own
+    summary_own = [a for a in summary_c["args"][3:] if a not in shared]
+    assert summary_own[0] == "--notrain" and summary_own[1].startswith("--wait_s=")
+    assert float(summary_own[1].split("=", 1)[1]) >= 86400 and len(summary_own) == 2
+    assert [a for a in summary_c["args"][3:] if a in shared] == shared
+    assert env_of(train_c)["STUDY_NAME"]["value"] == env_of(summary_c)["STUDY_NAME"]["value"]
+    assert any(a.startswith("--study_dir=/runs/") for a in shared)
+
+    # The Indexed Job has one completion per run of that study.
+    spec = train["spec"]
+    assert spec["completionMode"] == "Indexed"
+    index_env = env_of(train_c)["JOB_COMPLETION_INDEX"]
+    assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    monkeypatch.chdir(ROOT)  # the pod's WORKDIR /app holds the repo's configs/
+    flag_values = absl_flags.FlagValues()
+    study_lib.define_flags(flag_values)
+    name = env_of(train_c)["STUDY_NAME"]["value"]
+    flag_values(["study", *(a.replace("$(STUDY_NAME)", name) for a in shared)])
+    for a in shared:
+        if a.startswith("--base_flagfile="):
+            assert (ROOT / a.split("=", 1)[1]).is_file(), a
+    study = study_lib.load_study(flag_values)
+    assert spec["completions"] == spec["parallelism"] == len(study.runs) == 12
+
+    # Training pods: one GPU, SIGTERM resumes; the summary pod holds no GPU while it waits.
+    assert train_c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in summary_c["resources"]["limits"]
+    rules = spec["podFailurePolicy"]["rules"]
+    assert any(r["action"] == "Ignore" and 143 in (r.get("onExitCodes") or {}).get("values", []) for r in rules)
+    assert train["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 120

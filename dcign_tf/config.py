@@ -77,7 +77,9 @@ class TrainConfig:
     momentum_decay: float = option(0.1, "The paper's 'momentum decay' (1 - Adam beta_1).")
     update_decay: float = option(0.01, "The paper's 'weight decay' 0.01, really the update decay (1 - Adam beta_2).")
     epsilon: float = option(1e-8, "Added to the second-moment estimate inside the square root.")
-    seed: int = option(0, "Seed of initialisation, data order and reparameterisation noise.")
+    seed: int = option(0, "Seed of initialisation, data order and reparameterisation noise. The same seed draws "
+                       "the same groups in the same order, across kills and resumes too; weights are "
+                       "bit-identical between two runs only with --deterministic.")
     init_from: str = option("", "Start from the weights of another run (its workdir): the paper's "
                             "pretrain-without-clamping-then-clamp schedule.")
     # Running.
@@ -86,6 +88,9 @@ class TrainConfig:
                            choices=["auto", "default", "mirrored", "multi_worker"], runtime=True)
     jit_compile: bool = option(False, "Compile the train step with XLA (measured slower on CPU; try it on GPU).",
                                runtime=True)
+    deterministic: bool = option(False, "Deterministic TensorFlow ops (tf.config.experimental."
+                                 "enable_op_determinism): the same flags and seed give bit-identical weights on the "
+                                 "same hardware and software, across kills and resumes too.", runtime=True)
     precision: str = option("float32", "float32, mixed_float16 (GPU), mixed_bfloat16, or auto: mixed_bfloat16 on "
                             "CPUs with AVX-512 BF16/AMX and GPUs of compute capability >= 8.0, float32 elsewhere.",
                             choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"], runtime=True)

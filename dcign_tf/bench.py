@@ -29,7 +29,6 @@ short runs; full is the paper's network (96,48,24 / 48,96,96, 200 latents, group
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -44,7 +43,12 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 from typing import Callable
+
+from absl import flags
+
+from dcign_tf import cli
 
 SECTIONS = ("clamp", "torch", "flops", "pipeline", "renderer", "growth")
 FACTORS = ("azimuth", "elevation", "light", "identity")  # the faces set's factors (make_faces.FACTOR_NAMES)
@@ -965,29 +969,46 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m dcign_tf.bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="write the JSON report here")
-    parser.add_argument("--size", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated, from {','.join(SECTIONS)} (default: all)")
-    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for README.md)")
-    parser.add_argument("--data_dir", help="faces dataset for the pipeline section, made there if missing (default: "
-                                           "a small one generated in a temporary directory)")
-    parser.add_argument("--threads", type=int, default=2, help="threads per framework (TF intra/inter-op, torch)")
-    parser.add_argument("--repeats", type=int, help="interleaved repeats (default: the size's)")
-    parser.add_argument("--block_seconds", type=float, help="seconds per timed block (default: the size's)")
-    parser.add_argument("--render", metavar="REPORT.json", help="print the tables of a saved report and exit")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+PROGRAM = "dcign_tf.bench"
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    fv = flag_values
+    flags.DEFINE_string("out", None, "Write the JSON report here.", flag_values=fv)
+    flags.DEFINE_enum("size", "full", sorted(PRESETS), "tiny (a smoke test), small or full.", flag_values=fv)
+    flags.DEFINE_string("sections", ",".join(SECTIONS), f"Comma-separated, from {','.join(SECTIONS)} (default: all).",
+                        flag_values=fv)
+    flags.DEFINE_bool("markdown", False, "Also print the table as Markdown (for README.md).", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "Faces dataset for the pipeline section, made there if missing "
+                        "(default: a small one generated in a temporary directory).", flag_values=fv)
+    flags.DEFINE_integer("threads", 2, "Threads per framework (TF intra/inter-op, torch).", flag_values=fv)
+    flags.DEFINE_integer("repeats", None, "Interleaved repeats (default: the size's).", flag_values=fv)
+    flags.DEFINE_float("block_seconds", None, "Seconds per timed block (default: the size's).", flag_values=fv)
+    flags.DEFINE_string("render", None, "Print the tables of a saved report (REPORT.json) and exit.", flag_values=fv)
+    flags.DEFINE_string("worker", None, "Internal: one growth task as JSON, run in a fresh process.", flag_values=fv)
+
+
+def arguments(flag_values: flags.FlagValues) -> types.SimpleNamespace:
+    """The parsed flags as attributes, `sections` as a list; cli.UsageError for bad combinations."""
+    args = types.SimpleNamespace(**{name: flag_values[name].value for name in flag_values})
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {','.join(SECTIONS)}")
+        raise cli.UsageError(f"unknown sections {unknown}; choose from {','.join(SECTIONS)}")
     if not (args.out or args.render or args.worker):
-        parser.error("--out=FILE.json is required")
+        raise cli.UsageError("--out=FILE.json is required")
     return args
+
+
+def parse_args(argv) -> types.SimpleNamespace:
+    """argv: the arguments after the program name. Exits (status 2, one line on stderr) on bad arguments,
+    and with 0 after --help."""
+    parsed = []
+    status = cli.run([PROGRAM, *argv], PROGRAM, __doc__, define_flags, lambda fv: parsed.append(arguments(fv)),
+                     lambda: ())
+    if not parsed:
+        sys.exit(status)
+    return parsed[0]
 
 
 def main(argv=None) -> int:
@@ -996,8 +1017,11 @@ def main(argv=None) -> int:
         print(WORKER_PREFIX + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
     if args.render:
-        with open(args.render, encoding="utf-8") as file:
-            report = json.load(file)
+        try:
+            with open(args.render, encoding="utf-8") as file:
+                report = json.load(file)
+        except (OSError, ValueError) as error:
+            return cli.usage_error(PROGRAM, f"--render={args.render}: cannot read a report ({error})")
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         preset = PRESETS[args.size]

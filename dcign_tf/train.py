@@ -299,19 +299,31 @@ class _QuietLibraries(pylogging.Filter):
             part in record.pathname for part in ("/tensorflow/", "/keras/", "/tf_keras/"))
 
 
+from dcign_tf import cli  # noqa: E402
+
+PROGRAM = "dcign_tf.train"
+
+
 def main(argv):
+    """Flags are parsed by cli.flags_parser (one line, exit 2); a user error in the run is one line, exit 2."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+        sys.exit(cli.usage_error(PROGRAM, f"unexpected arguments {argv[1:]}; flags take the form --name=value"))
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    config = None
     try:
         config = config_from_flags()
         sys.exit(run(config))
     except USER_ERRORS as error:
-        print(f"dcign_tf.train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.usage_error(PROGRAM, str(error)))
+    except input_pipeline.PIPELINE_DATA_ERRORS:
+        # The data broke after the start-up check (whose errors are DatasetErrors): name the record.
+        bad_record = input_pipeline.locate_bad_record(config.data_dir) if config else None
+        if bad_record is None:
+            raise
+        sys.exit(cli.usage_error(PROGRAM, f"{bad_record} (found after training failed on it)"))
 
 
 define_flags()
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

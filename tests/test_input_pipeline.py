@@ -259,8 +259,10 @@ def test_wrong_image_size(tmp_path):
         input_pipeline.make_dataset(data_dir, "train", 2, expected_image_size=64)
     assert_clear(error, "dataset.json")
 
-    # Images whose decoded size disagrees with dataset.json fail with a message naming the shard.
+    # Images whose size disagrees with dataset.json fail, before decoding, with a message naming the shard.
     write_synthetic_dataset(data_dir, train_groups=2, test_groups=1, num_shards=1, stored_image_size=48)
     dataset = input_pipeline.make_dataset(data_dir, "train", 2, expected_image_size=32)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Image size mismatch: shard.*train/\w+-00000-of-00001"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Bad image in shard.*train/\w+-00000-of-00001"):
         first_batches(dataset, 1)
+    with pytest.raises(DatasetError, match=r"record 0: image 0 is 48x48, dataset.json says 32x32"):
+        input_pipeline.check_shards(data_dir, "train")

@@ -219,7 +219,7 @@ def test_command_line(reference_dir, tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
     conflict = run_cli(f"--data_dir={data_dir}", *FLAGS, "--seed=8")
-    assert conflict.returncode == 1
+    assert conflict.returncode == 2 and len(conflict.stderr.strip().splitlines()) == 1, conflict.stderr
     assert conflict.stderr.strip().splitlines()[-1].startswith(f"make_faces: error: {data_dir}/dataset.json")
 
 

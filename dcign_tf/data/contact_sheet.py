@@ -9,14 +9,17 @@ azimuth -80..80 degrees, and an identity sweep (from identity c through the mean
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw
 
+from dcign_tf import cli
 from dcign_tf.data import face_model, renderer
+
+PROGRAM = "contact_sheet"
 
 # Columns of each sweep row, and the identity grid's layout.
 SWEEP_COLUMNS = 9
@@ -88,31 +91,28 @@ def save_contact_sheet(path: str, image_size: int = 96, seed: int = 0) -> None:
     picture.save(path, optimize=True)
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("out", "docs/faces_contact_sheet.png", "PNG to write.", flag_values=flag_values)
+    flags.DEFINE_integer("image_size", 96, "Pixels per face, 32..256.", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "Seed of the identities shown.", flag_values=flag_values)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Runs the CLI on argv (the arguments after the program name; default sys.argv[1:]); returns the exit status."""
+    def body(flag_values):
+        out, image_size = flag_values.out, flag_values.image_size
+        if not 32 <= image_size <= 256:
+            raise cli.UsageError(f"--image_size must be in 32..256, got {image_size}")
+        if not out.lower().endswith(".png"):
+            raise cli.UsageError(f"--out must name a .png file, got {out!r}")
+        try:
+            save_contact_sheet(out, image_size, flag_values.seed)
+        except OSError as error:
+            raise cli.UsageError(f"cannot write {out}: {error.strerror or error}") from None
+        print(f"wrote {out}")
 
-    def one_line_error(message):  # argparse would print the whole usage text as well
-        print(f"contact_sheet: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = one_line_error
-    parser.add_argument("--out", default="docs/faces_contact_sheet.png", help="PNG to write")
-    parser.add_argument("--image_size", type=int, default=96, help="pixels per face, 32..256")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the identities shown")
-    args = parser.parse_args(argv)
-    if not 32 <= args.image_size <= 256:
-        print(f"contact_sheet: --image_size must be in 32..256, got {args.image_size}", file=sys.stderr)
-        return 2
-    if not args.out.lower().endswith(".png"):
-        print(f"contact_sheet: --out must name a .png file, got {args.out!r}", file=sys.stderr)
-        return 2
-    try:
-        save_contact_sheet(args.out, args.image_size, args.seed)
-    except OSError as error:
-        print(f"contact_sheet: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return cli.run([PROGRAM, *(sys.argv[1:] if argv is None else argv)], PROGRAM, __doc__, define_flags, body,
+                   lambda: ())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from dcign_tf import cli
 from dcign_tf.data import records
 from dcign_tf.data.records import DatasetError, DatasetInfo
 
@@ -36,8 +37,6 @@ Group = tuple[Sequence[bytes], np.ndarray, np.ndarray]
 
 SPLIT_IDS = {"train": 0, "test": 1}  # Stream ids that enter the seeds; fixed forever for reproducibility.
 STALE_TEMP_SECONDS = 3600  # A shard's temp file older than this was left by a killed run.
-EXIT_BAD_INPUT = 2  # Bad flags, a wrong or incomplete source, unreadable images, too little data.
-EXIT_CONFLICT = 1  # data_dir holds another dataset (the make_faces convention).
 
 
 class ConversionError(DatasetError):
@@ -251,18 +250,15 @@ class ProgressLog:
                          self.done / max(now - self.start, 1e-9))
 
 
-def fail(program: str, message: str, status: int = EXIT_BAD_INPUT) -> None:
-    """Prints `program: error: message` (one line) to stderr and exits with `status`."""
-    print(f"{program}: error: {message}", file=sys.stderr)
-    sys.exit(status)
+def fail(program: str, message: str) -> None:
+    """Prints `program: error: message` (one line) to stderr and exits with status 2."""
+    sys.exit(cli.usage_error(program, message))
 
 
 def run_main(program: str, convert: Callable[[], object]) -> None:
-    """Runs a converter's body, turning its expected errors into one line on stderr and an exit status:
-    1 when data_dir holds another dataset, 2 for any other DatasetError (bad input: ConversionError)."""
+    """Runs a converter's body, turning every DatasetError (bad input, another dataset in data_dir, a
+    data_dir that cannot be written) into one line on stderr and exit status 2."""
     try:
         convert()
-    except OutputConflictError as error:
-        fail(program, str(error), EXIT_CONFLICT)
     except DatasetError as error:
-        fail(program, str(error), EXIT_BAD_INPUT)
+        fail(program, str(error))

@@ -17,8 +17,8 @@ The data path, top to bottom:
 Groups are shuffled and mixed while still serialized (a few KB of PNG each), so the shuffle buffers are
 small and only groups that are drawn get decoded, in a single parallel decode stage.
 Everything that can be checked before training (dataset.json, split, factors, shard files, image size)
-raises DatasetError when the dataset is built; `check_shards` reads every shard once to find truncated
-or corrupt files. A reader never writes into the data directory.
+raises DatasetError when the dataset is built; `check_shards` reads every shard once and decodes every
+image to find a truncated or corrupt file, record or image. A reader never writes into the data directory.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import math
 import os
 from typing import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from dcign_tf.data import records
@@ -72,40 +73,159 @@ def validate(data_dir: str, split: str, factors: Sequence[str] | None = None) ->
     return info
 
 
-def check_shards(data_dir: str, split: str, factors: Sequence[str] | None = None) -> DatasetInfo:
-    """Reads every shard of `split` once (CRCs, parsing, group counts); DatasetError naming a bad file.
+def check_shards(data_dir: str, split: str, factors: Sequence[str] | None = None, *,
+                 decode: bool | None = None) -> DatasetInfo:
+    """Reads every shard of `split` once; DatasetError naming the first bad file, record and image.
 
-    Decodes no PNG, so it costs about one sequential read of the split.
+    Finds, at the file level, a truncated or damaged shard (TFRecord CRCs) and a wrong group count; at
+    the record level, a record that is not a group of this dataset (parsing, feature lengths, image_size,
+    active factor); at the image level, bytes that are not a PNG and a PNG of the wrong size (from each
+    image's header), and with `decode` a PNG whose pixel data does not decode.
+    decode: decode every image; None (default) does when the split holds at most FULL_DECODE_PIXELS
+      pixels (the quickstart set: 197 M pixels, 3.6 CPU-seconds). Stored bytes are covered by the CRCs
+      anyway: a PNG that does not decode behind a valid header and CRC can only come from a broken writer,
+      and training still names it (locate_bad_record) if it gets that far.
     """
     info = load_info(data_dir)
+    shards = [(factor, path, len(records.shard_group_range(info.num_groups(split, factor), info.num_shards, index)))
+              for factor, paths in shard_files(data_dir, info, split, factors).items()
+              for index, path in enumerate(paths)]
+    if decode is None:
+        images = sum(expected for _, _, expected in shards) * info.group_size
+        decode = images * info.image_size ** 2 <= FULL_DECODE_PIXELS
     spec = records.feature_spec(info)
-    for factor, paths in shard_files(data_dir, info, split, factors).items():
-        for index, path in enumerate(paths):
-            expected = len(records.shard_group_range(info.num_groups(split, factor), info.num_shards, index))
-            _check_shard(path, factor, expected, info, spec)
+    size = info.image_size
+    shard_factors = tf.constant([factor.encode() for factor, _, _ in shards])
+    shard_paths = tf.constant([path for _, path, _ in shards])
+
+    def record_ok(shard, serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        pngs = example[records.IMAGES_KEY]
+        ok = (tf.equal(example[records.IMAGE_SIZE_KEY], size) & tf.reduce_all(_png_headers_ok(pngs, size))
+              & tf.equal(example[records.ACTIVE_FACTOR_KEY], tf.gather(shard_factors, shard)))
+        if decode:  # Raises for pixel data that does not decode.
+            shapes = tf.stack([tf.shape(tf.io.decode_png(pngs[index], channels=1))[:2]
+                               for index in range(info.group_size)])
+            ok &= tf.reduce_all(tf.equal(shapes, size))
+        return shard, ok
+
+    # One pipeline for the whole split (one trace); records stay in file order, so indices can be counted.
+    summaries = tf.data.Dataset.range(len(shards)).flat_map(
+        lambda shard: tf.data.TFRecordDataset(tf.gather(shard_paths, shard)).map(lambda record: (shard, record))
+    ).map(record_ok, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(1024)
+    counts = np.zeros(len(shards), np.int64)
+    reached = 0  # The shard of the last record that checked out.
+    try:
+        for shard_ids, oks in summaries.as_numpy_iterator():
+            if not oks.all():
+                _raise_for_shard(*shards[shard_ids[np.argmin(oks)]][:2], info)
+            counts += np.bincount(shard_ids, minlength=len(shards))
+            reached = int(shard_ids[-1])
+    except _READ_ERRORS as error:
+        for factor, path, _ in shards[reached:]:  # The failing record is in the shard reached, or a later one.
+            _raise_for_shard(factor, path, info)
+        raise DatasetError(f"{shards[reached][1]} or a later shard of {split!r}: {_first_line(str(error))}; "
+                           f"{_REMEDY}") from None
+    for (_, path, expected), count in zip(shards, counts):
+        if count != expected:
+            raise DatasetError(f"{path}: {count} groups but dataset.json implies {expected} "
+                               f"(truncated or from another run); {_REMEDY}")
     return info
 
 
-def _check_shard(path: str, factor: str, expected_groups: int, info: DatasetInfo, spec) -> None:
-    remedy = "delete it and rerun the dataset's generator with the same flags to remake it"
-    groups = 0
+def locate_bad_record(data_dir: str, splits: Sequence[str] = records.SPLITS) -> DatasetError | None:
+    """After a data error in a running pipeline (whose message names no record): the DatasetError that
+    `check_shards` (decoding every image) raises for the first bad shard of `splits`, or None when every
+    shard reads cleanly."""
     try:
-        for batch in tf.data.TFRecordDataset(path).batch(256).map(lambda serialized: tf.io.parse_example(
-                serialized, spec)):
-            groups += int(batch[records.IMAGE_SIZE_KEY].shape[0])
-            sizes = set(batch[records.IMAGE_SIZE_KEY].numpy().tolist())
-            if sizes != {info.image_size}:
-                raise DatasetError(f"{path}: images of size {sorted(sizes)}, dataset.json says "
-                                   f"{info.image_size}; {remedy}")
-            active = set(batch[records.ACTIVE_FACTOR_KEY].numpy().tolist())
-            if active != {factor.encode()}:
-                raise DatasetError(f"{path}: groups whose active factor is {sorted(active)}, "
-                                   f"expected only {factor!r}; {remedy}")
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        raise DatasetError(f"{path}: corrupt or truncated shard ({_first_line(error.message)}); {remedy}") from None
-    if groups != expected_groups:
-        raise DatasetError(f"{path}: {groups} groups but dataset.json implies {expected_groups} "
-                           f"(truncated or from another run); {remedy}")
+        for split in splits:
+            check_shards(data_dir, split, decode=True)
+    except DatasetError as error:
+        return error
+    return None
+
+
+# check_shards decodes every image of a split up to this many pixels (about 6 CPU-seconds), and only
+# reads every image's header beyond.
+FULL_DECODE_PIXELS = 400_000_000
+# What iterating a dataset raises for bad data: a CRC mismatch, a record or image that does not parse,
+# decode or pass an assertion, a vanished file, or a UnicodeDecodeError when TF's message quotes the
+# binary record it could not parse. (Not, say, out of memory: that is no reason to scan the data.)
+PIPELINE_DATA_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+                        UnicodeDecodeError)
+_READ_ERRORS = (tf.errors.OpError, UnicodeDecodeError)  # Anything that stops check_shards' reading.
+_REMEDY = "delete it and rerun the dataset's generator with the same flags to remake it"
+
+
+def _raise_for_shard(factor: str, path: str, info: DatasetInfo) -> None:
+    """DatasetError for the first bad record of the shard, if it has one."""
+    bad = _first_bad_record(path, factor, info)
+    if bad is not None:
+        raise DatasetError(f"{path}: record {bad[0]}: {bad[1]}; {_REMEDY}")
+
+
+def _first_bad_record(path: str, factor: str, info: DatasetInfo) -> tuple[int, str] | None:
+    """(index, what is wrong) of the first bad record of a shard, read record by record; None if none is."""
+    from google.protobuf.message import DecodeError
+
+    record = 0  # Records read so far: the index of the one being read.
+    try:
+        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            try:
+                example = tf.train.Example.FromString(serialized)
+            except DecodeError:
+                return record, "not a tf.train.Example (damaged bytes with valid CRCs)"
+            problem = _group_problem(example.features.feature, factor, info)
+            if problem:
+                return record, problem
+            record += 1
+    except tf.errors.OpError as error:  # A CRC mismatch or a cut-off record: nothing after it can be read.
+        return record, f"corrupt or truncated, nothing from here on can be read ({_first_line(error.message)})"
+    return None
+
+
+def _group_problem(features, factor: str, info: DatasetInfo) -> str | None:
+    """What makes one parsed tf.train.Example not a group of this dataset (see records.py), or None."""
+    group_size, size = info.group_size, info.image_size
+    expected = {records.IMAGES_KEY: ("bytes_list", group_size),
+                records.FACTOR_VALUES_KEY: ("float_list", group_size * len(info.factors)),
+                records.ACTIVE_FACTOR_KEY: ("bytes_list", 1), records.IDENTITY_KEY: ("int64_list", group_size),
+                records.IMAGE_SIZE_KEY: ("int64_list", 1)}
+    for key, (kind, length) in expected.items():
+        if key not in features or features[key].WhichOneof("kind") != kind or len(
+                getattr(features[key], kind).value) != length:
+            return f"feature {key!r} is missing or not {length} {kind.split('_')[0]} values"
+    values = {key: getattr(features[key], kind).value for key, (kind, _) in expected.items()}
+    if values[records.IMAGE_SIZE_KEY][0] != size:
+        return f"image_size {values[records.IMAGE_SIZE_KEY][0]}, dataset.json says {size}"
+    if values[records.ACTIVE_FACTOR_KEY][0] != factor.encode():
+        active = values[records.ACTIVE_FACTOR_KEY][0].decode(errors="replace")
+        return f"a group whose active factor is {active!r}, not {factor!r}"
+    for image, png in enumerate(values[records.IMAGES_KEY]):
+        if not png.startswith(records.PNG_SIGNATURE):
+            return f"image {image} is not a PNG (it starts with {png[:8]!r})"
+        try:
+            height, width = tf.io.decode_png(png, channels=1).shape[:2]
+        except tf.errors.OpError as error:
+            return f"image {image} is a damaged PNG ({_first_line(error.message)})"
+        if (height, width) != (size, size):
+            return f"image {image} is {width}x{height}, dataset.json says {size}x{size}"
+    return None
+
+
+def _png_headers_ok(pngs: tf.Tensor, size: int) -> tf.Tensor:
+    """bool [N]: each of the N strings starts with the PNG signature and an IHDR of size x size pixels.
+
+    Reads only the first 24 bytes (signature, IHDR length and type, width, height: big-endian uint32s).
+    """
+    padded = pngs + b"\0" * 24  # substr below must not run past a short string's end.
+    header = tf.io.decode_raw(tf.strings.substr(padded, 0, 24), tf.uint8)
+    header = tf.cast(tf.reshape(header, [-1, 24]), tf.int64)
+    big_endian = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
+    width = tf.reduce_sum(header[:, 16:20] * big_endian, axis=1)
+    height = tf.reduce_sum(header[:, 20:24] * big_endian, axis=1)
+    signature = tf.reduce_all(tf.equal(header[:, :8], tf.constant(list(records.PNG_SIGNATURE), tf.int64)), axis=1)
+    return signature & tf.equal(width, size) & tf.equal(height, size)
 
 
 def _first_line(message: str) -> str:
@@ -184,11 +304,12 @@ def make_dataset(
             streams.append(tf.data.Dataset.counter(first_epoch).flat_map(
                 lambda epoch, factor=factor, number=number: _factor_records(
                     files[factor], info.factor_index(factor), deterministic=True,
-                    seed=_epoch_seed(seed, number, epoch), **layout)).skip(skipped))
+                    key=_epoch_key(seed, number, epoch), **layout)).skip(skipped))
         mixed = tf.data.Dataset.choose_from_datasets(streams, choices)
     else:
         factor_records = [_factor_records(files[factor], info.factor_index(factor), deterministic=deterministic,
-                                          seed=seed, **layout) for factor in drawn_factors]
+                                          key=_epoch_key(seed, number, 0), **layout)
+                          for number, factor in enumerate(drawn_factors)]
         mixed = tf.data.Dataset.sample_from_datasets(
             factor_records, weights=[weights[factor] for factor in drawn_factors], seed=seed)
     groups = mixed.map(lambda serialized, factor_index, path: _decode_group(serialized, factor_index, path, info),
@@ -261,9 +382,9 @@ def _normalised_cumulative(weights: list[float]) -> list[float]:
     return sums
 
 
-def _epoch_seed(seed: int, factor_number: int, epoch: tf.Tensor) -> tf.Tensor:
-    """The shuffle seed of one factor's epoch: a different order every epoch, the same on every run."""
-    return (tf.constant(seed, tf.int64) * 1_000_003 + factor_number) * 1_000_003 + tf.cast(epoch, tf.int64)
+def _epoch_key(seed: int, factor_number: int, epoch) -> tf.Tensor:
+    """The stateless seed, int64 [2], of one factor's epoch: a new order every epoch, the same on every run."""
+    return tf.stack([tf.constant(seed, tf.int64), factor_number * (1 << 32) + tf.cast(epoch, tf.int64)])
 
 
 def _pipeline_groups(info: DatasetInfo, split: str, factor: str, num_pipelines: int, pipeline_id: int) -> int:
@@ -276,19 +397,20 @@ def _pipeline_groups(info: DatasetInfo, split: str, factor: str, num_pipelines: 
 
 
 def _factor_records(paths: list[str], factor_index: int, *, num_pipelines: int, pipeline_id: int, shuffle: bool,
-                    shuffle_buffer: int, deterministic: bool, seed) -> tf.data.Dataset:
+                    shuffle_buffer: int, deterministic: bool, key: tf.Tensor) -> tf.data.Dataset:
     """One epoch of one factor's serialized groups as (serialized, factor_index, shard path) elements.
 
-    seed: an int, or an int64 scalar tensor (one per epoch of an endless stream).
+    key: the epoch's stateless seed (`_epoch_key`). Shuffling depends on it alone, not on TensorFlow's
+    global seed: the shard files are permuted, then the records in consecutive windows of `shuffle_buffer`.
     """
-    files = tf.data.Dataset.from_tensor_slices(paths)
     shard_by_file = len(paths) >= num_pipelines
     if num_pipelines > 1 and shard_by_file:
-        files = files.shard(num_pipelines, pipeline_id)
+        paths = paths[pipeline_id::num_pipelines]
+    files = tf.constant(paths)
     if shuffle:
-        files = files.shuffle(len(paths), seed=seed)
+        files = _permuted(files, tf.random.experimental.stateless_fold_in(key, 0))
     read_in_parallel = min(len(paths), MAX_FILES_READ_IN_PARALLEL)
-    groups = files.interleave(
+    groups = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: tf.data.TFRecordDataset(path).map(lambda serialized: (serialized, factor_index, path)),
         cycle_length=read_in_parallel,
         block_length=1,
@@ -299,8 +421,15 @@ def _factor_records(paths: list[str], factor_index: int, *, num_pipelines: int, 
     if num_pipelines > 1 and not shard_by_file:
         groups = groups.shard(num_pipelines, pipeline_id)
     if shuffle:
-        groups = groups.shuffle(shuffle_buffer, seed=seed)
+        groups = groups.batch(shuffle_buffer).enumerate().flat_map(
+            lambda index, window: tf.data.Dataset.from_tensor_slices(tuple(
+                _permuted(part, tf.random.experimental.stateless_fold_in(key, index + 1)) for part in window)))
     return groups
+
+
+def _permuted(values: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """`values` in a random order along the first axis, a function of the stateless seed `key`."""
+    return tf.gather(values, tf.argsort(tf.random.stateless_uniform(tf.shape(values)[:1], seed=key)))
 
 
 def _decode_group(serialized: tf.Tensor, factor_index: tf.Tensor, path: tf.Tensor, info: DatasetInfo
@@ -308,20 +437,21 @@ def _decode_group(serialized: tf.Tensor, factor_index: tf.Tensor, path: tf.Tenso
     """One serialized group -> images [G, S, S, 1] float32 in [0, 1], active_factor [], values [G, F], identity [G]."""
     group_size, image_size, num_factors = info.group_size, info.image_size, len(info.factors)
     example = tf.io.parse_single_example(serialized, records.feature_spec(info))
-    images = tf.stack([tf.io.decode_png(example[records.IMAGES_KEY][index], channels=1)
-                       for index in range(group_size)])
-    decoded_size = tf.shape(images)[1:3]
-    size_check = tf.debugging.Assert(
-        tf.reduce_all(tf.equal(decoded_size, image_size)) & tf.equal(example[records.IMAGE_SIZE_KEY], image_size),
-        ["Image size mismatch: shard", path, "holds images of size", decoded_size, "but dataset.json says",
-         image_size, "- regenerate the dataset"])
+    pngs = example[records.IMAGES_KEY]
+    # Checked before decoding: bytes that are not a PNG, or a PNG of another size, would fail in decode_png
+    # or tf.stack with a message that names no file.
+    image_check = tf.debugging.Assert(
+        tf.reduce_all(_png_headers_ok(pngs, image_size)) & tf.equal(example[records.IMAGE_SIZE_KEY], image_size),
+        ["Bad image in shard", path, f": a group holds bytes that are not a {image_size}x{image_size} PNG; "
+         "find the record with dcign_tf.data.input_pipeline.check_shards and regenerate the dataset"])
     factor_names = tf.constant([name.encode() for name in info.factor_names])
     factor_check = tf.debugging.Assert(
         tf.equal(example[records.ACTIVE_FACTOR_KEY], tf.gather(factor_names, factor_index)),
         ["Active factor mismatch: shard", path, "holds a group whose active factor is",
          example[records.ACTIVE_FACTOR_KEY], "- regenerate the dataset"])
-    with tf.control_dependencies([size_check, factor_check]):
-        images = tf.ensure_shape(tf.identity(images), [group_size, image_size, image_size, 1])
+    with tf.control_dependencies([image_check, factor_check]):
+        images = tf.stack([tf.io.decode_png(pngs[index], channels=1) for index in range(group_size)])
+    images = tf.ensure_shape(images, [group_size, image_size, image_size, 1])
     return {
         "images": tf.cast(images, tf.float32) * (1.0 / 255.0),
         "active_factor": tf.cast(factor_index, tf.int32),

@@ -40,8 +40,8 @@ collected in order, so the output is byte-identical whatever the number of proce
 dataset.json are written atomically; rerunning a finished conversion with the same flags does nothing.
 
 Exit status: 0 on success; 2 for bad flags or bad input (wrong layout, missing files, unreadable images,
-too few chairs or views for the group size), with one line on stderr; 1 when --data_dir holds another
-dataset.
+too few chairs or views for the group size), a --data_dir that holds another dataset or cannot be
+written; always with one line on stderr.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
+from dcign_tf import cli
 from dcign_tf.data import converters, records
 from dcign_tf.data.converters import ConversionError
 from dcign_tf.data.records import DatasetInfo, FactorSpec
@@ -327,13 +328,6 @@ def define_flags() -> None:
 FLAGS = flags.FLAGS
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        converters.fail(PROGRAM, str(error))
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         converters.fail(PROGRAM, f"unexpected arguments {argv[1:]}; flags take the form --name=value")
@@ -348,4 +342,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -18,7 +18,8 @@ written first; a data_dir whose dataset.json disagrees with the flags is an erro
 For a Kubernetes Indexed Job, task i of n (--shard_index=i --num_tasks=n) makes the shards j with
 j % n == i of the fixed enumeration (split, factor, shard index); every task writes the same dataset.json.
 
-Exit status: 0 on success, 2 for bad flags, 1 when data_dir holds a dataset that disagrees with the flags.
+Exit status: 0 on success; 2, with one line on stderr, for bad flags, a data_dir that holds a dataset
+that disagrees with the flags, and a data_dir that cannot be written (read-only, full).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from dcign_tf import cli
 from dcign_tf.data import face_model, records
 from dcign_tf.data.records import DatasetError, DatasetInfo
 from dcign_tf.data.renderer import render_batch
@@ -47,6 +49,7 @@ LATENT_LAYOUT = {"azimuth": [0], "elevation": [1], "light": [2], "identity": "re
 # Stream ids that enter every group's seed; fixed forever so that datasets stay reproducible.
 SPLIT_IDS = {"train": 0, "test": 1}
 GENERATOR_NAME = "dcign_tf.data.make_faces"
+PROGRAM = "make_faces"
 # Bump when the face model, the renderer or the scene sampling changes the images: a dataset made
 # by another version is then refused instead of being resumed with shards of mixed looks.
 GENERATOR_VERSION = 1
@@ -452,15 +455,7 @@ FLAGS = flags.FLAGS
 
 def _usage_error(message: str) -> None:
     """One line on stderr and exit status 2, the convention for bad command-line input."""
-    print(f"make_faces: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        _usage_error(str(error))
+    sys.exit(cli.usage_error(PROGRAM, message))
 
 
 def _parse_range(flag_name: str, text: str, scale: float = 1.0) -> tuple[float, float]:
@@ -506,11 +501,10 @@ def main(argv: Sequence[str]) -> None:
     try:
         generate(FLAGS.data_dir, config, processes=FLAGS.processes, shard_index=FLAGS.shard_index,
                  num_tasks=FLAGS.num_tasks, progress=FLAGS.progress)
-    except DatasetError as error:
-        print(f"make_faces: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    except DatasetError as error:  # Another dataset in --data_dir, or a data_dir that cannot be written.
+        _usage_error(str(error))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -30,8 +30,8 @@ Images are kept as photographed (gray objects on a lighter background, no invers
 96x96 to --image_size with an area-averaging (box) filter; stored as uint8 PNG, read as [0, 1].
 
 Exit status: 0 on success; 2 for bad flags or bad input (smallnorb not prepared and not downloadable,
-unexpected features or labels, too few images for the group size), with one line on stderr; 1 when
---data_dir holds another dataset.
+unexpected features or labels, too few images for the group size), a --data_dir that holds another
+dataset or cannot be written; always with one line on stderr.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from dcign_tf import cli
 from dcign_tf.data import converters, records
 from dcign_tf.data.converters import ConversionError
 from dcign_tf.data.records import DatasetInfo, FactorSpec
@@ -261,13 +262,6 @@ def define_flags() -> None:
 FLAGS = flags.FLAGS
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        converters.fail(PROGRAM, str(error))
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         converters.fail(PROGRAM, f"unexpected arguments {argv[1:]}; flags take the form --name=value")
@@ -281,4 +275,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
 SPLITS = ("train", "test")
 SHARD_SUFFIX = ".tfrecord"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # The first 8 bytes of every PNG file.
 TEMP_INFIX = ".tmp-"  # A file being written is `{final path}.tmp-{host}-{pid}`.
 
 # Feature keys of one group record.

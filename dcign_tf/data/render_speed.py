@@ -9,14 +9,18 @@ fresh random identity, pose and light, which is the worst case for the dataset g
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
+import sys
 import time
 
 import numpy as np
+from absl import flags
 
+from dcign_tf import cli
 from dcign_tf.data import face_model, renderer
+
+PROGRAM = "render_speed"
 
 # Pose and light ranges the throughput is measured over (radians), as in the dataset.
 _AZIMUTH_RANGE, _ELEVATION_RANGE, _LIGHT_RANGE = 1.5, 0.4, np.deg2rad(80.0)
@@ -116,20 +120,28 @@ def _measure(image_size: int, processes: int | None, seconds: float, batch: int)
     return wall_rate, cpu_rate
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per size")
-    parser.add_argument("--processes", type=int, default=None, help="default: one per core")
-    parser.add_argument("--batch", type=int, default=20, help="images per render call")
-    args = parser.parse_args(argv)
-    processes = args.processes or os.cpu_count() or 1
-    for image_size in (64, 150):
-        wall_rate, cpu_rate = _measure(image_size, processes, args.seconds, args.batch)
-        print(f"{image_size}x{image_size}: {wall_rate:7.1f} images/s wall-clock, "
-              f"{cpu_rate:7.1f} images/s if the {processes} cores were free "
-              f"({processes} processes, batch {args.batch}, load average "
-              f"{os.getloadavg()[0]:.1f})")
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_float("seconds", 5.0, "Timed seconds per size.", flag_values=flag_values)
+    flags.DEFINE_integer("processes", None, "Worker processes (default: one per core).", flag_values=flag_values)
+    flags.DEFINE_integer("batch", 20, "Images per render call.", flag_values=flag_values)
+
+
+def main(argv=None) -> int:
+    """Runs the CLI on argv (the arguments after the program name; default sys.argv[1:]); returns the exit status."""
+    def body(flag_values):
+        processes = flag_values.processes or os.cpu_count() or 1
+        if flag_values.seconds <= 0 or flag_values.batch < 1 or processes < 1:
+            raise cli.UsageError("--seconds, --batch and --processes must be positive")
+        for image_size in (64, 150):
+            wall_rate, cpu_rate = _measure(image_size, processes, flag_values.seconds, flag_values.batch)
+            print(f"{image_size}x{image_size}: {wall_rate:7.1f} images/s wall-clock, "
+                  f"{cpu_rate:7.1f} images/s if the {processes} cores were free "
+                  f"({processes} processes, batch {flag_values.batch}, load average "
+                  f"{os.getloadavg()[0]:.1f})")
+
+    return cli.run([PROGRAM, *(sys.argv[1:] if argv is None else argv)], PROGRAM, __doc__, define_flags, body,
+                   lambda: ())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -57,13 +57,62 @@ def crossed(interval: int, previous_step: int, step: int) -> bool:
     return interval > 0 and step // interval > previous_step // interval
 
 
-class RunLoop(keras.callbacks.Callback):
-    """Drives a run's schedule from the global step (the optimizer's iteration count).
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a preempted pod) ask the run to stop after the step in flight.
 
-    Every Keras "epoch" of `log_every` steps it logs the mean training metrics and, on their own
-    intervals, evaluates on the test set and draws image panels. Every `checkpoint_every` steps
-    it saves a checkpoint and then commits the summaries logged so far. It stops the run at `total_steps`, on a NaN loss (keeping the last
-    good checkpoint and naming the step), and on SIGTERM (after saving a checkpoint).
+    The run then saves a checkpoint and exits with 128 + the signal's number: 130 for Ctrl-C, 143 for
+    SIGTERM. The first signal restores the default actions, so a second one ends the process at once,
+    even inside a long TensorFlow op, losing only the steps since the last checkpoint.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def install(self) -> None:
+        """Takes over SIGINT and SIGTERM (main thread only; elsewhere the defaults stay)."""
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self.handle)
+        except ValueError:
+            logging.warning("not in the main thread: SIGINT and SIGTERM keep their default actions")
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def handle(self, signum, frame=None) -> None:
+        del frame
+        if self.signum is None:
+            self.signum = signum
+        for other in self.SIGNALS:
+            signal.signal(other, signal.SIG_DFL)
+        logging.warning("received %s: stopping after this step with a checkpoint; send it again to stop at once "
+                        "(losing the steps since the last checkpoint)", signal.Signals(signum).name)
+
+
+class RunLoop(keras.callbacks.Callback):
+    """Drives a run's schedule from the global step (the optimizer's iteration count), after every batch.
+
+    At each multiple of `log_every` (and at the last step) it logs the mean training metrics since the
+    previous log and resets them, and at the first such step past each multiple of `eval_every` /
+    `image_every` it evaluates on the test set / draws image panels. Every `checkpoint_every` steps, and
+    at the last step, it saves a checkpoint and then commits the summaries logged so far, which include
+    that step's own. The intervals are multiples of the global step, so a resumed run keeps them. A
+    step that a mixed_float16 loss scale skips does not advance the global step; the run ends when it
+    reaches `total_steps`. It stops on a NaN loss (keeping the last good checkpoint and naming the
+    step) and on a `StopRequest` (after saving a checkpoint).
 
     Args:
       manager: a `tf.train.CheckpointManager` (a scratch one on non-chief workers).
@@ -74,27 +123,34 @@ class RunLoop(keras.callbacks.Callback):
       summary_batches: test batches for `evaluate.training_summary`: equivariance, invariance and
         latent sweeps every `image_every` steps.
       global_batch_images: images per step, for the throughput scalar.
+      stop: the process's `StopRequest`, or None.
+      data_position: an int64 variable in the checkpoint: batches of the training stream consumed,
+        which the skipped steps count too. It starts at its restored value.
     """
 
     def __init__(self, manager, summaries: SummaryBuffer, total_steps: int, *, checkpoint_every: int,
-                 eval_every: int = 0, image_every: int = 0, evaluate=None, panel_images=None,
-                 summary_batches=None, global_batch_images: int = 1):
+                 log_every: int = 1, eval_every: int = 0, image_every: int = 0, evaluate=None, panel_images=None,
+                 summary_batches=None, global_batch_images: int = 1, stop: StopRequest | None = None,
+                 data_position=None):
         super().__init__()
         self.manager = manager
         self.summaries = summaries
         self.total_steps = total_steps
         self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
         self.eval_every = eval_every
         self.image_every = image_every
         self.evaluate = evaluate
         self.panel_images = panel_images
         self.summary_batches = summary_batches
         self.global_batch_images = global_batch_images
+        self.stop = stop or StopRequest()
+        self.data_position = data_position
         self.nan_step = None
         self.terminated_at = None
-        self._terminate_requested = False
         self._last = {}
         self._clock = None
+        self._position = 0
 
     # Outcome.
     @property
@@ -102,14 +158,9 @@ class RunLoop(keras.callbacks.Callback):
         latest = self.manager.latest_checkpoint
         return int(latest.rsplit("-", 1)[-1]) if latest else None
 
-    def request_termination(self, signum=None, frame=None):
-        """Signal handler: finish the current step, save a checkpoint, stop."""
-        del frame
-        logging.warning("received signal %s: saving a checkpoint and stopping", signum)
-        self._terminate_requested = True
-
-    def install_signal_handlers(self):
-        signal.signal(signal.SIGTERM, self.request_termination)
+    @property
+    def finished(self) -> bool:
+        return self.step() >= self.total_steps
 
     # Keras hooks.
     def step(self) -> int:
@@ -119,65 +170,66 @@ class RunLoop(keras.callbacks.Callback):
         step = self.step()
         self._last = {"checkpoint": step, "eval": step, "image": step, "log": step}
         self._clock = (time.perf_counter(), step)
+        self._position = int(self.data_position.numpy()) if self.data_position is not None else step
+        if self.stop.requested:  # Signalled while the run was being set up: nothing new to save.
+            self.terminated_at = step
+            self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
+        self._position += 1
         step = self.step()
-        loss = float(logs["loss"]) if logs and "loss" in logs else 0.0
+        logs = logs or {}
+        loss = float(logs["loss"]) if "loss" in logs else 0.0
         if not math.isfinite(loss):
             self.nan_step = step
             self.model.stop_training = True
             return
-        if self._terminate_requested:
+        last = step >= self.total_steps
+        if step > self._last["log"] and (crossed(self.log_every, self._last["log"], step) or last):
+            self.log_scalars(step, logs)
+            self.model.reset_metrics()  # The next log is the mean of the next interval.
+            if not self.stop.requested:  # A signal is answered now, not after an evaluation.
+                self.log_evaluations(step, last)
+        if self.stop.requested:
             self.save(step)
             self.terminated_at = step
             self.model.stop_training = True
-            return
-        if crossed(self.checkpoint_every, self._last["checkpoint"], step):
+        elif last or crossed(self.checkpoint_every, self._last["checkpoint"], step):
             self.save(step)
-        if step >= self.total_steps:
+        if last:
             self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.nan_step is not None:
-            return
-        step = self.step()
-        if step == self._last["log"]:
-            return  # Nothing trained in this epoch (e.g. stopped on its first step).
-        self.log_scalars(step, logs or {})
-        if self.evaluate is not None and (crossed(self.eval_every, self._last["eval"], step)
-                                          or (step >= self.total_steps and self.eval_every)):
-            for name, value in self.evaluate().items():
-                self.summaries.scalar(f"test/{name}", value, step)
-            self._last["eval"] = step
-        if self.panel_images is not None and (crossed(self.image_every, self._last["image"], step)
-                                              or step >= self.total_steps):
-            self.log_images(step)
-            self._last["image"] = step
 
     def on_train_end(self, logs=None):
         if self.nan_step is not None:
             # The weights are NaN now; what was logged since the last checkpoint goes with them.
             self.summaries.discard()
-            return
-        if self.terminated_at is None:
-            step = self.step()
-            if step != self._last["checkpoint"]:
-                self.save(step)
-            else:
-                self.summaries.commit()  # The last epoch's summaries, at the checkpoint's step.
+        elif self.step() != self._last["checkpoint"]:
+            self.save(self.step())  # Ended early (by the batch budget): keep what was trained.
 
     # Work.
     def save(self, step: int) -> None:
         """Checkpoints, then commits the summaries: events never run ahead of the last checkpoint."""
+        if self.data_position is not None:
+            self.data_position.assign(self._position)
         self.manager.save(checkpoint_number=step)
         self.summaries.commit()
         self._last["checkpoint"] = step
 
+    def log_evaluations(self, step: int, last: bool) -> None:
+        if self.evaluate is not None and self.eval_every and (crossed(self.eval_every, self._last["eval"], step)
+                                                              or last):
+            for name, value in self.evaluate().items():
+                self.summaries.scalar(f"test/{name}", value, step)
+            self._last["eval"] = step
+        if self.panel_images is not None and (crossed(self.image_every, self._last["image"], step) or last):
+            self.log_images(step)
+            self._last["image"] = step
+
     def log_scalars(self, step: int, logs: dict) -> None:
         for name, value in logs.items():
-            if name.startswith("reconstruction_") and value == 0.0:
+            if name.startswith("reconstruction_") and float(value) == 0.0:
                 continue  # No group of that factor in this interval.
-            self.summaries.scalar(f"train/{name}", value, step)
+            self.summaries.scalar(f"train/{name}", float(value), step)
         learning_rate = self.model.optimizer.learning_rate
         self.summaries.scalar("train/learning_rate", float(np.asarray(learning_rate)), step)
         now, then_step = time.perf_counter(), self._clock[1]

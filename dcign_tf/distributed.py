@@ -7,11 +7,15 @@ same `model.train_step`, run with `strategy.run`, driving the same callbacks as 
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import tempfile
 
 import keras
 import tensorflow as tf
+
+from dcign_tf import workdir as workdir_lib
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -53,11 +57,32 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def scratch_dir(strategy: tf.distribute.Strategy, purpose: str) -> str:
-    """A local directory for a non-chief worker's copy of what the chief writes."""
-    resolver = strategy.cluster_resolver
-    path = os.path.join(tempfile.gettempdir(), f"dcign-{resolver.task_type}-{resolver.task_id}-{os.getpid()}", purpose)
+    """A local directory for a non-chief worker's copy of what the chief writes.
+
+    Removed by `remove_scratch` when the worker ends; those of killed workers of the same task on this
+    host are removed when the next one starts.
+    """
+    root = _scratch_root(strategy)
+    if not os.path.isdir(root):
+        prefix = root.rsplit("-", 1)[0] + "-"
+        for stale in glob.glob(f"{glob.escape(prefix)}*"):
+            pid = stale[len(prefix):]
+            if pid.isdigit() and not workdir_lib.pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+    path = os.path.join(root, purpose)
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def remove_scratch(strategy: tf.distribute.Strategy) -> None:
+    """Removes this worker's scratch directory (a no-op on the chief, which has none)."""
+    if getattr(strategy, "cluster_resolver", None) is not None and not is_chief(strategy):
+        shutil.rmtree(_scratch_root(strategy), ignore_errors=True)
+
+
+def _scratch_root(strategy: tf.distribute.Strategy) -> str:
+    resolver = strategy.cluster_resolver
+    return os.path.join(tempfile.gettempdir(), f"dcign-{resolver.task_type}-{resolver.task_id}-{os.getpid()}")
 
 
 def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, *, steps_per_epoch: int,

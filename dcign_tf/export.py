@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,15 @@ def export_model(model, export_dir: str, info: dict) -> None:
     temporary = f"{export_dir}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
+    try:
+        _write_export(model, temporary, info)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)  # e.g. a full disk: leave nothing half-written behind
+        raise
+    replace_directory(temporary, export_dir)
+
+
+def _write_export(model, temporary: str, info: dict) -> None:
     model.save(os.path.join(temporary, KERAS_FILE))
     size = model.config.image_size
     archive = keras.export.ExportArchive()
@@ -46,7 +56,6 @@ def export_model(model, export_dir: str, info: dict) -> None:
         input_signature=[tf.TensorSpec([None, model.config.num_latents], tf.float32, name="latents")])
     archive.write_out(os.path.join(temporary, SAVED_MODEL_DIR), verbose=False)
     write_json_atomic(os.path.join(temporary, INFO_FILE), info)
-    replace_directory(temporary, export_dir)
 
 
 def load_model(export_dir: str):
@@ -79,13 +88,22 @@ def update_info(export_dir: str, **fields) -> dict:
 
 
 def write_json_atomic(path: str, value) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `path` whole or not at all: a temporary file, fsynced, then renamed; removed if writing fails."""
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2, sort_keys=True)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
 
 
 def replace_directory(source: str, target: str) -> None:

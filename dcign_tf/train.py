@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging as pylogging
 import os
+import signal
 import sys
 import time
 
@@ -56,48 +57,110 @@ from dcign_tf.latents import LayoutError  # noqa: E402
 from dcign_tf.model import DCIGN  # noqa: E402
 from dcign_tf import optimizer as optimizer_lib  # noqa: E402
 from dcign_tf import precision as precision_lib  # noqa: E402
+from dcign_tf import workdir as workdir_lib  # noqa: E402
+from dcign_tf.workdir import WorkdirError  # noqa: E402
 
 # Errors a user can fix: reported as one line, exit code 2.
 USER_ERRORS = (config_lib.ConfigError, records.DatasetError, LayoutError, export_lib.ExportError)
 EXIT_NAN = 1
-EXIT_TERMINATED = 143  # 128 + SIGTERM: the pod is restarted and resumes from the checkpoint.
+EXIT_SKIPPED_STEPS = 1
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C before training started: nothing to save.
 ARCHITECTURE_FIELDS = ("image_size", "num_latents", "encoder_filters", "decoder_filters", "encoder_padding")
 
 
-def check_workdir(config: config_lib.TrainConfig, chief: bool) -> None:
-    """Refuses a workdir that holds another run, unless --overwrite, which moves it aside.
+def prepare_workdir(config: config_lib.TrainConfig, chief: bool) -> workdir_lib.WorkdirLock | None:
+    """Checks --workdir and, on the chief, locks it for this process (see dcign_tf.workdir).
 
+    Refused with one line: a path that is a file or cannot be written, a workdir that another live
+    training holds, and one that holds a run with another config, unless --overwrite, which moves
+    a dcign_tf run aside (never a directory that is not one, nor the current directory).
     A workdir holds a run once it has a checkpoint or an export; flags.txt alone (a run that
     stopped before its first checkpoint) holds nothing to lose.
     """
     workdir = config.workdir
-    flags_path = os.path.join(workdir, "flags.txt")
-    has_run = bool(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))) or os.path.exists(
-        os.path.join(workdir, "export"))
-    conflict = None
-    if os.path.exists(flags_path):
-        differences = config.differences(config_lib.from_flagfile(flags_path))
-        if differences and has_run:
-            conflict = f"{workdir} holds a run with another config ({'; '.join(differences[:4])})"
-    elif os.path.isdir(workdir) and os.listdir(workdir):
-        conflict = f"{workdir} is not empty and has no flags.txt, so it is not a dcign_tf run"
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another --workdir")
+    conflict = workdir_conflict(config)
+    if conflict and not config.overwrite:
+        raise WorkdirError(f"{conflict}; choose another --workdir, or pass --overwrite to move it aside")
+    if conflict and not workdir_lib.is_run(workdir):
+        raise WorkdirError(f"{conflict}; --overwrite moves aside only a dcign_tf run, so move it yourself "
+                           "or choose another --workdir")
+    here, target = os.path.realpath(os.getcwd()), os.path.realpath(workdir)
+    if conflict and (here == target or here.startswith(target + os.sep)):
+        raise WorkdirError(f"{conflict}; --overwrite cannot move aside the directory it runs in; run from "
+                           "another directory or choose another --workdir")
+    if not chief:
+        return None  # The chief alone writes the workdir, and moves it aside.
+    lock = lock_workdir(workdir)
     if conflict:
-        if not config.overwrite:
-            raise config_lib.ConfigError(f"{conflict}; choose another --workdir, or pass --overwrite to move it aside")
-        if chief:
-            moved = f"{workdir.rstrip('/')}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.rename(workdir, moved)
-            logging.warning("%s; moved it to %s", conflict, moved)
+        moved = unused_path(f"{target}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.rename(target, moved)
+        except OSError as error:
+            lock.release()
+            raise WorkdirError(f"{conflict}; cannot move it aside to {moved} ({error.strerror}); move it "
+                               "yourself or choose another --workdir") from None
+        lock.move_to(moved)
+        lock.release()
+        logging.warning("%s; moved it to %s", conflict, moved)
+        lock = lock_workdir(workdir)
+    return lock
+
+
+def workdir_conflict(config: config_lib.TrainConfig) -> str | None:
+    """Why --workdir cannot simply be (re)used for this config, or None when it can."""
+    workdir = config.workdir
+    flags_path = os.path.join(workdir, workdir_lib.FLAGS_FILE)
+    try:
+        if os.path.exists(flags_path):
+            has_run = bool(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))) or os.path.exists(
+                os.path.join(workdir, "export"))
+            differences = config.differences(config_lib.from_flagfile(flags_path))
+            if differences and has_run:
+                return f"{workdir} holds a run with another config ({'; '.join(differences[:4])})"
+            return None
+        entries = os.listdir(workdir) if os.path.isdir(workdir) else []
+    except OSError as error:
+        raise WorkdirError(f"cannot read --workdir={workdir} ({error.strerror}); choose another --workdir") from None
+    # A lock and a flags.txt temporary are all that a run killed before writing flags.txt leaves.
+    if [name for name in entries if name != workdir_lib.LOCK_FILE and not name.startswith("flags.txt.tmp-")]:
+        return f"{workdir} is not empty and has no flags.txt, so it is not a dcign_tf run"
+    return None
+
+
+def lock_workdir(workdir: str) -> workdir_lib.WorkdirLock:
+    """Creates `workdir` if needed and locks it; removes what killed runs left there, saying so."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        lock = workdir_lib.WorkdirLock(workdir)
+        previous = lock.acquire()
+    except OSError as error:
+        raise WorkdirError(f"cannot write in --workdir={workdir} ({error.strerror}); choose a writable "
+                           "--workdir") from None
+    leftovers = workdir_lib.leftovers(workdir)
+    if previous:
+        logging.warning("took over %s from a training that is no longer running (%s)", lock.path,
+                        workdir_lib.describe(previous))
+    if leftovers:
+        logging.warning("removing what killed runs left in %s: %s", workdir,
+                        ", ".join(os.path.relpath(path, workdir) for path in leftovers))
+        workdir_lib.remove(leftovers)
+    return lock
+
+
+def unused_path(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
 
 
 def write_flags(config: config_lib.TrainConfig) -> None:
     """{workdir}/flags.txt: the resolved flags, written atomically."""
-    os.makedirs(config.workdir, exist_ok=True)
-    flags_path = os.path.join(config.workdir, "flags.txt")
-    temporary = f"{flags_path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(config.to_flagfile())
-    os.replace(temporary, flags_path)
+    export_lib.write_text_atomic(os.path.join(config.workdir, workdir_lib.FLAGS_FILE), config.to_flagfile())
 
 
 def faces_config(config: config_lib.TrainConfig) -> make_faces.FacesConfig:
@@ -163,13 +226,39 @@ def export_info(config: config_lib.TrainConfig, info: records.DatasetInfo, model
 
 
 def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None = None) -> int:
-    """Trains (or resumes) the run `config` describes. Returns the process exit code."""
+    """Trains (or resumes) the run `config` describes, then exports it. Returns the process exit code.
+
+    Raises one of USER_ERRORS (one line, exit 2) for what the user can fix, a full disk included; a
+    full disk leaves no temporary file behind, and the same command resumes once there is space.
+    """
     try:
         strategy = strategy or distributed.make_strategy(config.strategy)
     except ValueError as error:
         raise config_lib.ConfigError(str(error)) from None
     chief = distributed.is_chief(strategy)
-    check_workdir(config, chief)
+    lock = None
+    try:
+        lock = prepare_workdir(config, chief)
+        return train_and_export(config, strategy, chief)
+    except KeyboardInterrupt:
+        logging.warning("interrupted before training started; nothing to save")
+        return EXIT_INTERRUPTED
+    except (OSError, tf.errors.OpError) as error:
+        if not workdir_lib.is_disk_full(error):
+            raise
+        if lock is not None:
+            workdir_lib.remove(workdir_lib.leftovers(config.workdir))
+        reason = str(error).strip().splitlines()[0][:200]
+        raise WorkdirError(f"the disk is full ({reason}); free space for --workdir={config.workdir}, then the "
+                           "same command resumes from the last checkpoint") from None
+    finally:
+        if lock is not None:
+            lock.release()
+        if not chief:
+            distributed.remove_scratch(strategy)
+
+
+def train_and_export(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy, chief: bool) -> int:
     info = prepare_dataset(config)
     if chief:
         write_flags(config)
@@ -183,6 +272,11 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
     policy = precision_lib.resolve(config.precision)
     if policy != config.precision:
         logging.info("--precision=%s: using %s on this machine", config.precision, policy)
+    if policy == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        logging.warning("--precision=mixed_float16 on a CPU: float16 is emulated there and slower than float32; "
+                        "use --precision=mixed_bfloat16 (fast on CPUs with AVX-512 BF16 or AMX) or auto")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -190,12 +284,16 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
         step_size = optimizer_lib.learning_rate(config.learning_rate, config.learning_rate_schedule, config.steps,
                                                 config.warmup_steps)
         optimizer = optimizer_lib.DCIGNRMSprop(learning_rate=step_size, momentum_decay=config.momentum_decay,
-                                 update_decay=config.update_decay, epsilon=config.epsilon)
-        if policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-        optimizer.build(model.trainable_variables)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+                                               update_decay=config.update_decay, epsilon=config.epsilon)
+        training_optimizer = (keras.optimizers.LossScaleOptimizer(optimizer) if policy == "mixed_float16"
+                              else optimizer)
+        model.compile(optimizer=training_optimizer, jit_compile=config.jit_compile)
+        training_optimizer.build(model.trainable_variables)
+    # Batches of the training stream consumed: the steps, and the steps a loss scale skipped.
+    data_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
+    # The same layout at every --precision (the loss-scale wrapper is not saved; its scale starts
+    # afresh on a resume), so that a resume may change --precision.
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, data_position=data_position)
     checkpoint_dir = os.path.join(config.workdir, "checkpoints")
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if not chief:
@@ -203,26 +301,48 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
         checkpoint_dir = distributed.scratch_dir(strategy, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints)
     if latest:
-        checkpoint.read(latest).assert_existing_objects_matched()
+        restore(latest, model, optimizer, data_position)
         logging.info("resumed from %s", latest)
     elif config.init_from:
         initialise_from(config.init_from, model, config)
     start_step = int(optimizer.iterations.numpy())
 
-    if start_step < config.steps:
-        outcome = train_loop(config, model, manager, info, strategy, chief, start_step)
-        if outcome != 0:
-            return outcome
-    else:
-        logging.info("the run is already at step %d of %d; nothing to train", start_step, config.steps)
+    stop = callbacks_lib.StopRequest()
+    stop.install()
+    try:
+        if start_step < config.steps:
+            outcome = train_loop(config, model, manager, info, strategy, chief, start_step, data_position, stop)
+            if outcome != 0:
+                return outcome
+        else:
+            logging.info("the run is already at step %d of %d; nothing to train", start_step, config.steps)
+        step = int(optimizer.iterations.numpy())
+        logging.info("final weights at step %d: fingerprint %s", step, weights_fingerprint(model))
+        export_dir = os.path.join(config.workdir, "export") if chief else distributed.scratch_dir(strategy, "export")
+        export_lib.export_model(model, export_dir, export_info(config, info, model, step))
+        if chief:
+            logging.info("exported step %d to %s", step, export_dir)
+        return stop.exit_code if stop.requested else 0  # A signal during the export: it finished first.
+    finally:
+        stop.uninstall()
 
-    step = int(optimizer.iterations.numpy())
-    logging.info("final weights at step %d: fingerprint %s", step, weights_fingerprint(model))
-    export_dir = os.path.join(config.workdir, "export") if chief else distributed.scratch_dir(strategy, "export")
-    export_lib.export_model(model, export_dir, export_info(config, info, model, step))
-    if chief:
-        logging.info("exported step %d to %s", step, export_dir)
-    return 0
+
+def restore(path: str, model: DCIGN, optimizer, data_position: tf.Variable) -> None:
+    """Reads a checkpoint into the model, the (unwrapped) optimizer and the data position.
+
+    Older checkpoints load too: without a data position (it is then the step), and with the optimizer
+    inside mixed_float16's loss-scale wrapper.
+    """
+    names = [name for name, _ in tf.train.list_variables(path)]
+    parts = {"model": model, "optimizer": optimizer}
+    if any(name.startswith("optimizer/inner_optimizer/") for name in names):
+        parts["optimizer"] = tf.train.Checkpoint(inner_optimizer=optimizer)
+    has_position = any(name.startswith("data_position/") for name in names)
+    if has_position:
+        parts["data_position"] = data_position
+    tf.train.Checkpoint(**parts).read(path).assert_existing_objects_matched().expect_partial()
+    if not has_position:
+        data_position.assign(optimizer.iterations)
 
 
 def weights_fingerprint(model) -> str:
@@ -233,46 +353,42 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_loop(config, model, manager, info, strategy, chief, start_step) -> int:
+def train_loop(config, model, manager, info, strategy, chief, start_step, data_position, stop) -> int:
     """Trains from `start_step` to `config.steps` with the run's callbacks: `model.fit`, or
-    `distributed.fit_loop` across workers."""
+    `distributed.fit_loop` across workers. Returns the exit code."""
     multi_worker = distributed.is_multi_worker(strategy)
+    start_batch = int(data_position.numpy())
 
     def train_data(input_context=None):
+        # The stream continues where the checkpoint left it: the order is a function of (seed, batch).
         return input_pipeline.make_dataset(
             config.data_dir, "train", config.groups_per_batch, factor_weights=config.factor_weight_map,
-            seed=config.seed + start_step,  # A resumed run continues with fresh data order, not a replay.
-            expected_image_size=config.image_size, shuffle_buffer=config.shuffle_buffer, input_context=input_context)
+            seed=config.seed, start_batch=start_batch, expected_image_size=config.image_size,
+            shuffle_buffer=config.shuffle_buffer, input_context=input_context)
 
     test_groups = sum(info.splits["test"].values())
     eval_batches = min(config.eval_batches, -(-test_groups // config.groups_per_batch))
-    if multi_worker:
-        # Every worker must run the same number of steps: an endless test stream, cut at eval_batches.
-        evaluate = distributed.evaluate_fn(model, strategy, lambda context: input_pipeline.make_dataset(
-            config.data_dir, "test", config.groups_per_batch, shuffle=False, deterministic=True,
-            input_context=context), eval_batches)
-    else:
-        eval_data = input_pipeline.make_dataset(config.data_dir, "test", config.groups_per_batch, shuffle=False,
-                                                repeat=False, deterministic=True).take(eval_batches)
-        # A known length lets Keras end the evaluation without an "ran out of data" warning.
-        eval_data = eval_data.apply(tf.data.experimental.assert_cardinality(eval_batches))
-
-        def evaluate():
-            return model.evaluate(eval_data, verbose=0, return_dict=True)
+    # Whole batches of an endless test stream, on every strategy: no replica gets an uneven part, and
+    # every worker runs the same number of steps.
+    evaluate = distributed.evaluate_fn(model, strategy, lambda context: input_pipeline.make_dataset(
+        config.data_dir, "test", config.groups_per_batch, shuffle=False, deterministic=True,
+        input_context=context), eval_batches)
 
     summaries = callbacks_lib.SummaryBuffer(os.path.join(config.workdir, "train") if chief else None)
     run_loop = callbacks_lib.RunLoop(
-        manager, summaries, config.steps, checkpoint_every=config.checkpoint_every,
+        manager, summaries, config.steps, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         eval_every=config.eval_every, image_every=config.image_every,
         evaluate=evaluate if config.eval_every else None,
         panel_images=panel_images(config.data_dir, info) if chief else None,
         summary_batches=summary_batches(config.data_dir, info.group_size) if chief else None,
-        global_batch_images=config.groups_per_batch * config.group_size)
-    run_loop.install_signal_handlers()
+        global_batch_images=config.groups_per_batch * config.group_size, stop=stop, data_position=data_position)
     progress = callbacks_lib.Progress(config.steps, config.log_every, config.progress if chief else "none")
     logging.info("training from step %d to %d", start_step, config.steps)
-    schedule = dict(epochs=-(-config.steps // config.log_every), initial_epoch=start_step // config.log_every,
-                    steps_per_epoch=config.log_every, callbacks=[run_loop, progress])
+    remaining = config.steps - start_step
+    # One Keras epoch for the whole run: RunLoop ends it at the step count. Steps that a mixed_float16
+    # loss scale skips take a batch but no step, hence the allowance.
+    schedule = dict(epochs=1, initial_epoch=0, steps_per_epoch=remaining + max(100, remaining // 10),
+                    callbacks=[run_loop, progress])
     if multi_worker:
         distributed.fit_loop(model, strategy, train_data, **schedule)
     else:
@@ -285,9 +401,14 @@ def train_loop(config, model, manager, info, strategy, chief, start_step) -> int
                       if kept is not None else "There is no checkpoint yet.")
         return EXIT_NAN
     if run_loop.terminated_at is not None:
-        logging.warning("stopped at step %d on SIGTERM; checkpoint saved, the same command resumes",
-                        run_loop.terminated_at)
-        return EXIT_TERMINATED
+        logging.warning("stopped at step %d on %s; checkpoint saved, the same command resumes",
+                        run_loop.terminated_at, signal.Signals(stop.signum).name)
+        return stop.exit_code
+    if not run_loop.finished:
+        logging.error("reached only step %d of %d: the mixed_float16 loss scale skipped too many steps (float16 "
+                      "gradients overflow); the checkpoint is kept; resume with --precision=mixed_bfloat16 or "
+                      "float32", run_loop.step(), config.steps)
+        return EXIT_SKIPPED_STEPS
     return 0
 
 

@@ -6,15 +6,18 @@ datasets written with the project's own record writer and then damaged.
 
 import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcign_tf.data import input_pipeline, records
+from dcign_tf.data import input_pipeline, make_faces, records
 from dcign_tf.data.records import DatasetError
 from test_input_pipeline import write_synthetic_dataset
 
@@ -118,8 +121,6 @@ def pristine(tmp_path_factory):
 def damaged(pristine, tmp_path, request):
     """A copy of the pristine set whose train/elevation shard 0 was damaged by the case's function.
     Returns (data_dir, the damaged shard, the fragment its error must contain)."""
-    import shutil
-
     data_dir = str(tmp_path / "data")
     shutil.copytree(pristine, data_dir)
     damage, fragment = ALL_CASES[request.param]
@@ -234,3 +235,155 @@ class TestTrainOnCorruptData:
         assert "Traceback" not in result.stderr
         (line,) = error_lines(result, "dcign_tf.train")
         assert f"{path}: record {BAD_RECORD}: " in line and fragment in line
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data directories that cannot be written, full disks, and what killed writers leave behind.
+
+TINY_FACES = make_faces.FacesConfig(image_size=32, group_size=4, groups_per_factor=12, test_groups_per_factor=2,
+                                    num_shards=2, seed=3)
+TINY_FACES_FLAGS = ["--image_size=32", "--group_size=4", "--groups_per_factor=12", "--test_groups_per_factor=2",
+                    "--num_shards=2", "--seed=3", "--processes=1", "--noprogress"]
+
+
+@contextlib.contextmanager
+def tmpfs(path, size, read_only=False):
+    """A tmpfs of `size` mounted at `path` for the block; skips the test where mounting is not allowed."""
+    os.makedirs(path, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                                 text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("no mount command here, so no small filesystem to fill")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def remount(path, options):
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True, timeout=30)
+
+
+def temp_files(directory):
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
+                  if records.TEMP_INFIX in name)
+
+
+def run_make_faces(data_dir, *extra):
+    return subprocess.run([sys.executable, "-m", "dcign_tf.data.make_faces", f"--data_dir={data_dir}",
+                           *TINY_FACES_FLAGS, *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(params=["under a file", "read-only mount", "no write permission"])
+def unwritable_dir(request, tmp_path):
+    """A --data_dir that cannot be created or written, three ways."""
+    if request.param == "under a file":
+        (tmp_path / "a_file").write_text("not a directory")
+        yield str(tmp_path / "a_file" / "faces")
+    elif request.param == "read-only mount":
+        with tmpfs(tmp_path / "ro", "1m", read_only=True) as mount:
+            yield os.path.join(mount, "faces")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes through permission bits; the read-only mount covers this case")
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        try:
+            yield str(locked / "faces")
+        finally:
+            locked.chmod(0o755)
+
+
+class TestUnwritableDataDir:
+    def test_make_faces_says_so_in_one_line(self, unwritable_dir):
+        result = run_make_faces(unwritable_dir)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        (line,) = error_lines(result, "make_faces")
+        assert "cannot write" in line and "choose a --data_dir you can write to" in line, line
+
+    def test_the_writers_raise_dataset_errors(self, unwritable_dir):
+        with pytest.raises(DatasetError, match="cannot write"):
+            make_faces.generate(unwritable_dir, TINY_FACES, processes=1, progress=False)
+        with pytest.raises(DatasetError, match="cannot write"):
+            records.write_shard(os.path.join(unwritable_dir, "train", "x.tfrecord"), [b"record"])
+        with pytest.raises(DatasetError, match="cannot write"):
+            records.write_file_atomically(os.path.join(unwritable_dir, "x.json"), b"{}")
+
+    def test_train_building_its_dataset_there_exits_2(self, tmp_path):
+        (tmp_path / "a_file").write_text("not a directory")
+        data_dir = str(tmp_path / "a_file" / "faces")
+        result = run_train(data_dir, tmp_path / "run", "--dataset=faces")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        (line,) = error_lines(result, "dcign_tf.train")
+        assert data_dir in line and "cannot write" in line
+
+
+class TestFullDisk:
+    def test_the_generator_fails_in_one_line_leaves_no_temp_file_and_resumes(self, tmp_path):
+        """In-process (the CLI turns this DatasetError into its one line and exit 2, as in TestUnwritableDataDir)."""
+        with tmpfs(tmp_path / "small", "48k") as mount:
+            data_dir = os.path.join(mount, "faces")
+            with pytest.raises(DatasetError) as error:
+                make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
+            assert_one_line(error.value, data_dir, "no space left on device", "rerun the same command")
+            assert temp_files(mount) == []
+            made = [name for name in os.listdir(os.path.join(data_dir, "train")) if name.endswith(".tfrecord")]
+            assert made, "the disk filled up before the first shard: make the tmpfs larger"
+
+            remount(mount, "size=2m")  # Space freed: the same command finishes the set.
+            make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
+            for split in records.SPLITS:
+                input_pipeline.check_shards(data_dir, split)
+            assert temp_files(mount) == []
+
+    def test_every_writer_removes_its_temp_file(self, tmp_path):
+        with tmpfs(tmp_path / "small", "16k") as mount:
+            big = os.urandom(64 * 1024)
+            with pytest.raises(DatasetError, match="no space left on device"):
+                records.write_shard(os.path.join(mount, "train", "a.tfrecord"), [big])
+            with pytest.raises(DatasetError, match="no space left on device"):
+                records.write_file_atomically(os.path.join(mount, "dataset.json"), big)
+            assert temp_files(mount) == [] and not os.path.exists(os.path.join(mount, "dataset.json"))
+
+
+def dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+class TestLeftoverTempFiles:
+    def test_stale_ones_are_removed_by_the_next_run_and_live_ones_kept(self, tmp_path):
+        data_dir = str(tmp_path / "faces")
+        make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
+        shard = records.shard_path(data_dir, "train", "azimuth", 0, TINY_FACES.num_shards)
+        here = socket.gethostname()
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            leftovers = {
+                f"{shard}.tmp-{here}-{dead_pid()}": False,              # killed writer on this host
+                f"{data_dir}/dataset.json.tmp-{here}-{dead_pid()}": False,
+                f"{shard}.tmp-{here}-{os.getpid()}": False,             # a previous life of this pid
+                f"{shard}.tmp-{here}-{sleeper.pid}": True,              # a writer still running
+                f"{shard}.tmp-other-host-7": True,                      # another host's, fresh
+                f"{data_dir}/test/x.tfrecord.tmp-other-host-8": False,  # another host's, hours old
+            }
+            for path in leftovers:
+                with open(path, "wb") as file:
+                    file.write(b"partial")
+            old = time.time() - records.STALE_TEMP_SECONDS - 60
+            os.utime(f"{data_dir}/test/x.tfrecord.tmp-other-host-8", (old, old))
+
+            make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)  # Complete: it only sweeps.
+            assert {path for path in leftovers if os.path.exists(path)} == {p for p, kept in leftovers.items() if kept}
+            input_pipeline.check_shards(data_dir, "train")
+        finally:
+            sleeper.kill()
+            sleeper.wait()

@@ -18,7 +18,6 @@ Numpy, PIL and the records module only: worker processes import this module and 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -36,7 +35,6 @@ from dcign_tf.data.records import DatasetError, DatasetInfo
 Group = tuple[Sequence[bytes], np.ndarray, np.ndarray]
 
 SPLIT_IDS = {"train": 0, "test": 1}  # Stream ids that enter the seeds; fixed forever for reproducibility.
-STALE_TEMP_SECONDS = 3600  # A shard's temp file older than this was left by a killed run.
 
 
 class ConversionError(DatasetError):
@@ -152,6 +150,8 @@ def write_dataset(data_dir: str, info: DatasetInfo, groups: Mapping[tuple[str, s
     Returns False when data_dir already holds exactly this dataset (nothing is rewritten), True after
     writing. Raises OutputConflictError when data_dir's dataset.json describes another dataset.
     """
+    for leftover in records.remove_stale_temp_files(data_dir):
+        logging.info("removed %s, left by a killed run", leftover)
     if already_converted(data_dir, info):
         return False
     total_shards = len(info.splits) * len(info.factors) * info.num_shards
@@ -169,8 +169,6 @@ def write_dataset(data_dir: str, info: DatasetInfo, groups: Mapping[tuple[str, s
                         factor_groups[group_index]
                         for group_index in records.shard_group_range(len(factor_groups), info.num_shards, index))
                 ]
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                remove_stale_temp_files(path)
                 records.write_shard(path, shard_records)
                 written += 1
                 if written == total_shards or written % max(1, total_shards // 10) == 0:
@@ -202,17 +200,6 @@ def already_converted(data_dir: str, info: DatasetInfo) -> bool:
         return False
     logging.info("%s already holds this dataset; nothing to do", data_dir)
     return True
-
-
-def remove_stale_temp_files(path: str) -> None:
-    """Deletes temp files of `path` that a killed run left (older than STALE_TEMP_SECONDS)."""
-    directory, name = os.path.split(path)
-    for entry in os.listdir(directory):
-        if entry.startswith(name + records.TEMP_INFIX):
-            temp_path = os.path.join(directory, entry)
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - os.path.getmtime(temp_path) > STALE_TEMP_SECONDS:
-                    os.remove(temp_path)
 
 
 def describe(info: DatasetInfo) -> str:

@@ -54,8 +54,6 @@ PROGRAM = "make_faces"
 # by another version is then refused instead of being resumed with shards of mixed looks.
 GENERATOR_VERSION = 1
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256
-# A shard's temp file older than this was left by a killed run (writing one takes seconds).
-STALE_TEMP_SECONDS = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,8 +316,9 @@ def generate(
 
     Writes (or checks) dataset.json first, skips shards that exist, renders the others with `processes`
     worker processes (default: one per core; 1 renders in this process) and writes each shard
-    atomically in order. Raises ValueError for a bad config or task split, DatasetError when data_dir
-    holds a dataset made with other settings.
+    atomically in order, after removing the temp files killed runs left (records.remove_stale_temp_files).
+    Raises ValueError for a bad config or task split, DatasetError when data_dir holds a dataset made with
+    other settings or cannot be written (read-only, full: no temp file is left behind).
     """
     config.validate()
     if not 0 <= shard_index < num_tasks:
@@ -329,6 +328,8 @@ def generate(
         raise ValueError(f"processes must be at least 1, got {processes}")
 
     info = _write_or_check_dataset_json(data_dir, config)
+    for leftover in records.remove_stale_temp_files(data_dir):
+        logging.info("removed %s, left by a killed run", leftover)
     task_shards = all_shards(data_dir, config)[shard_index::num_tasks]
     missing = [shard for shard in task_shards if not os.path.exists(shard.path)]
     logging.info("%s: %d of this task's %d shards already complete, making %d",
@@ -336,7 +337,7 @@ def generate(
     if not missing:
         return info
     for split in records.SPLITS:
-        os.makedirs(os.path.join(data_dir, split), exist_ok=True)
+        records.make_dirs(os.path.join(data_dir, split))
 
     tasks = [(shard.split, shard.factor, group_index) for shard in missing for group_index in shard.group_indices]
     bar = _Progress(len(tasks), progress)
@@ -348,7 +349,6 @@ def generate(
                 pngs, factor_values, identity = next(rendered_groups)
                 group_records.append(records.serialize_group(pngs, factor_values, shard.factor, identity,
                                                              config.image_size))
-            _remove_leftover_temp_files(shard.path)
             records.write_shard(shard.path, group_records)
             bar.update(len(group_records))
     bar.close()
@@ -381,21 +381,6 @@ def _rendered_groups(config: FacesConfig, tasks: list[tuple[str, str, int]], pro
         yield pool.imap(_render_group, tasks, chunksize=chunksize)
 
 
-def _remove_leftover_temp_files(path: str) -> None:
-    """Deletes the temp files of `path` that a killed run left behind.
-
-    Only stale ones: a fresh one may belong to another process writing the same shard right now (every
-    worker of a multi-worker training job calls ensure_dataset), and a shard is written in seconds.
-    """
-    directory, name = os.path.split(path)
-    for entry in os.listdir(directory):
-        if entry.startswith(name + records.TEMP_INFIX):
-            temp_path = os.path.join(directory, entry)
-            with contextlib.suppress(FileNotFoundError):  # Another process may clean up at the same time.
-                if time.time() - os.path.getmtime(temp_path) > STALE_TEMP_SECONDS:
-                    os.remove(temp_path)
-
-
 def missing_shards(data_dir: str, config: FacesConfig) -> list[Shard]:
     return [shard for shard in all_shards(data_dir, config) if not os.path.exists(shard.path)]
 
@@ -417,6 +402,8 @@ def ensure_dataset(data_dir: str, config: FacesConfig, *, log: Callable[[str], N
     if missing:
         log(f"{data_dir}: {len(missing)} of {len(all_shards(data_dir, config))} shards missing, resuming generation")
         return generate(data_dir, config, processes=processes)
+    for leftover in records.remove_stale_temp_files(data_dir):
+        log(f"removed {leftover}, left by a killed run")
     return info
 
 

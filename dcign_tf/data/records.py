@@ -23,11 +23,13 @@ this module and must stay TF-free (importing TF costs seconds and hundreds of MB
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import os
 import socket
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +41,7 @@ SPLITS = ("train", "test")
 SHARD_SUFFIX = ".tfrecord"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # The first 8 bytes of every PNG file.
 TEMP_INFIX = ".tmp-"  # A file being written is `{final path}.tmp-{host}-{pid}`.
+STALE_TEMP_SECONDS = 3600  # A temp file older than this was left by a killed writer (a shard takes seconds).
 
 # Feature keys of one group record.
 IMAGES_KEY = "images"
@@ -190,8 +193,8 @@ class DatasetInfo:
         return cls.from_json(text, path)
 
     def save(self, data_dir: str) -> None:
-        """Writes `{data_dir}/dataset.json` atomically (temp file, fsync, rename)."""
-        os.makedirs(data_dir, exist_ok=True)
+        """Writes `{data_dir}/dataset.json` atomically (temp file, fsync, rename); DatasetError if it cannot."""
+        make_dirs(data_dir)
         write_file_atomically(dataset_json_path(data_dir), self.to_json().encode("utf-8"))
 
     def differences(self, other: "DatasetInfo") -> list[str]:
@@ -225,14 +228,93 @@ def temp_path_for(path: str) -> str:
     return f"{path}{TEMP_INFIX}{socket.gethostname()}-{os.getpid()}"
 
 
+def remove_stale_temp_files(data_dir: str) -> list[str]:
+    """Deletes the temp files that killed writers left in data_dir and its split folders; returns their paths.
+
+    A temp file is stale when its writer (the host and pid in its name) was on this host and is no longer
+    running, or is this very process (callers sweep before they write, so such a file is a previous run's
+    with a recycled pid, e.g. a restarted container), or when it is older than STALE_TEMP_SECONDS (a writer
+    on another host: a shard takes seconds to write). Files that cannot be deleted (a read-only mount) are
+    left alone.
+    """
+    removed = []
+    for directory in (data_dir, *(os.path.join(data_dir, split) for split in SPLITS)):
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            if TEMP_INFIX in entry:
+                path = os.path.join(directory, entry)
+                with contextlib.suppress(OSError):  # Gone already (another sweeper), or read-only.
+                    if _is_stale(entry.rsplit(TEMP_INFIX, 1)[1], os.path.getmtime(path)):
+                        os.remove(path)
+                        removed.append(path)
+    return removed
+
+
+def _is_stale(writer: str, mtime: float) -> bool:
+    """writer: the `<host>-<pid>` part of a temp file's name."""
+    if time.time() - mtime > STALE_TEMP_SECONDS:
+        return True
+    host, _, pid = writer.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # Alive, another user's.
+        return False
+    return False
+
+
+def make_dirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True), with DatasetError (one line) when it cannot be made."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise DatasetError(_write_error_message(path, error.strerror or str(error))) from None
+
+
+@contextlib.contextmanager
+def _written_or_removed(path: str, temp_path: str):
+    """Turns a failure while writing `path` via `temp_path` (an OSError, or TensorFlow's error from a
+    TFRecordWriter) into a one-line DatasetError, and removes the temp file: nothing is left behind."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - only write failures are translated, below.
+        reason = (error.strerror or str(error)) if isinstance(error, OSError) else getattr(error, "message", None)
+        if reason is None:
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(temp_path)
+        raise DatasetError(_write_error_message(path, reason)) from None
+
+
+def _write_error_message(path: str, reason: str) -> str:
+    # TensorFlow's messages read "<temp path>; <strerror>": the path is named already.
+    reason = (reason or "unknown error").strip().splitlines()[0].rsplit("; ", 1)[-1]
+    if "No space left" in reason or "Disk quota" in reason:
+        return (f"{path}: cannot write, {reason.lower()}; free some space (or choose another --data_dir) and "
+                "rerun the same command: what is complete is kept and the rest is made")
+    return f"{path}: cannot write ({reason}); choose a --data_dir you can write to"
+
+
 def write_file_atomically(path: str, data: bytes) -> None:
-    """Writes `data` to a temp file, fsyncs it and renames it onto `path`: readers see all or nothing."""
+    """Writes `data` to a temp file, fsyncs it and renames it onto `path`: readers see all or nothing.
+
+    DatasetError (one line, no temp file left) when it cannot be written.
+    """
     temp_path = temp_path_for(path)
-    with open(temp_path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp_path, path)
+    with _written_or_removed(path, temp_path):
+        with open(temp_path, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_path, path)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -276,20 +358,24 @@ def serialize_group(
 
 
 def write_shard(path: str, records: Sequence[bytes]) -> None:
-    """Writes serialized records as one TFRecord file, atomically (temp file, fsync, rename)."""
+    """Writes serialized records as one TFRecord file, atomically (temp file, fsync, rename).
+
+    DatasetError (one line, no temp file left) when it cannot be written, e.g. on a full disk.
+    """
     import tensorflow as tf  # Lazy: see the module docstring.
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_dirs(os.path.dirname(path))
     temp_path = temp_path_for(path)
-    with tf.io.TFRecordWriter(temp_path) as writer:
-        for record in records:
-            writer.write(record)
-    descriptor = os.open(temp_path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temp_path, path)
+    with _written_or_removed(path, temp_path):
+        with tf.io.TFRecordWriter(temp_path) as writer:
+            for record in records:
+                writer.write(record)
+        descriptor = os.open(temp_path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temp_path, path)
 
 
 def write_factor_groups(data_dir: str, info: DatasetInfo, split: str, factor: str,

@@ -224,9 +224,11 @@ class TestTrainOnCorruptData:
         skip_startup_check = """
             from dcign_tf.data import input_pipeline
             real_check, calls = input_pipeline.check_shards, []
-            def check_after_startup(data_dir, split, factors=None):
+            def check_after_startup(data_dir, split, factors=None, **options):
                 calls.append(split)  # train checks both splits once at start-up: skipped.
-                return real_check(data_dir, split, factors) if len(calls) > 2 else input_pipeline.load_info(data_dir)
+                if len(calls) > 2:
+                    return real_check(data_dir, split, factors, **options)
+                return input_pipeline.load_info(data_dir)
             input_pipeline.check_shards = check_after_startup
         """
         result = run_train(data_dir, tmp_path / "run", "--factor_weights=azimuth=0,light=0,identity=0",

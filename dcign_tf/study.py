@@ -76,6 +76,7 @@ from dcign_tf import cli
 from dcign_tf import config as config_lib
 from dcign_tf import evaluate as evaluate_lib
 from dcign_tf import export as export_lib
+from dcign_tf import workdir as workdir_lib
 from dcign_tf.data import records
 
 PROGRAM = "dcign_tf.study"
@@ -83,7 +84,7 @@ STUDY_FILE = "study.json"
 SUMMARY_JSON, SUMMARY_MD, SUMMARY_FIGURE = "summary.json", "summary.md", "summary.png"
 RUN_SUMMARY_DIR = "summary"  # inside a run directory
 RUN_FILE = "run.json"  # the run's facts in its summary: cell, seed, step, evaluation, seconds
-FLAGS_FILE = "flags.txt"
+FLAGS_FILE = workdir_lib.FLAGS_FILE
 LOGS_DIR = "logs"
 # Set by the study for every run, so a cell or --train_flags may not.
 STUDY_CONTROLLED = {"workdir", "seed", "overwrite"}
@@ -282,8 +283,8 @@ def load_study(flag_values: flags.FlagValues) -> Study:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise StudyError(f"two cells are named {repeated[0]!r}; give every --cell its own name")
-    train_tokens, train_overrides = parse_train_flags(
-        flag_values.train_flags, "--train_flags", {name: "the study sets it for every run" for name in STUDY_CONTROLLED})
+    controlled = {name: "the study sets it for every run" for name in STUDY_CONTROLLED}
+    train_tokens, train_overrides = parse_train_flags(flag_values.train_flags, "--train_flags", controlled)
     eval_tokens, eval_settings = parse_eval_flags(flag_values.eval_flags)
     try:
         base = config_lib.from_flagfile(flag_values.base_flagfile)
@@ -428,9 +429,12 @@ def check_same_config(run: Run, flags_path: str, holder: str) -> None:
 
 def inspect(run: Run, study: Study) -> RunState:
     """What the run directory holds, without TensorFlow; StudyError for one that is not this run."""
-    if not os.path.isdir(run.dir) or not os.listdir(run.dir):
-        return RunState("empty", 0)
     flags_path = os.path.join(run.dir, FLAGS_FILE)
+    entries = os.listdir(run.dir) if os.path.isdir(run.dir) else []
+    # A lock and a flags.txt temporary are all that a training killed before writing flags.txt leaves.
+    if not [name for name in entries
+            if name != workdir_lib.LOCK_FILE and not name.startswith(f"{FLAGS_FILE}.tmp-")]:
+        return RunState("empty", 0)
     if not os.path.exists(flags_path):
         raise StudyError(f"{run.dir} is not empty and has no {FLAGS_FILE}, so it is not a dcign_tf run; move it "
                          "aside, or choose another --study_dir")

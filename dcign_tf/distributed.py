@@ -8,6 +8,7 @@ same `model.train_step`, run with `strategy.run`, driving the same callbacks as 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -27,10 +28,38 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
                              "(jobs/entrypoint.py builds it on Kubernetes)")
+        parse_tf_config(os.environ["TF_CONFIG"])  # TensorFlow's own errors do not say it is TF_CONFIG.
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def parse_tf_config(text: str) -> dict:
+    """The TF_CONFIG environment variable's JSON, checked as MultiWorkerMirroredStrategy reads it:
+    {"cluster": {job: ["host:port", ...]}, "task": {"type": job, "index": i}}. ValueError naming TF_CONFIG."""
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"TF_CONFIG {problem}; it must be JSON like "
+                          '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", '
+                          '"index": 0}} (jobs/entrypoint.py builds it on Kubernetes)')
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise bad(f"is not valid JSON ({error})") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict) or not tf_config["cluster"]:
+        raise bad('has no "cluster" object of jobs')
+    for job, addresses in tf_config["cluster"].items():
+        if (not isinstance(addresses, list) or not addresses
+                or not all(isinstance(address, str) and address.rpartition(":")[2].isdigit() for address in addresses)):
+            raise bad(f'cluster job {job!r} is not a list of "host:port" strings: {addresses!r}')
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or task.get("type") not in tf_config["cluster"]:
+        raise bad(f'task {task!r} is not {{"type": one of {sorted(tf_config["cluster"])}, "index": i}}')
+    index = task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(tf_config["cluster"][task["type"]]):
+        raise bad(f"task index {index!r} is not 0..{len(tf_config['cluster'][task['type']]) - 1}, one of the "
+                  f"{task['type']!r} job's addresses")
+    return tf_config
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:

@@ -117,12 +117,13 @@ def main(argv: list[str]) -> int:
     command = argv[1:]
     if command[:1] == ["--"]:
         command = command[1:]
+    if not command:
+        print("entrypoint: error: no command to run (usage: entrypoint.py -- CMD [ARGS...])", file=sys.stderr)
+        return 2
     try:
-        if not command:
-            raise ValueError("no command to run (usage: entrypoint.py -- CMD [ARGS...])")
         tf_config = json.dumps(tf_config_from_env(os.environ), separators=(",", ":"))
     except ValueError as e:
-        print(f"entrypoint: error: {e}", file=sys.stderr)
+        print(f"entrypoint: error: cannot build TF_CONFIG: {e}", file=sys.stderr)
         return 2
     os.environ["TF_CONFIG"] = tf_config
     print(f"entrypoint: TF_CONFIG={tf_config}", file=sys.stderr, flush=True)

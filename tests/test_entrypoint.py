@@ -211,3 +211,55 @@ def test_entrypoint_bad_env_exits_2_with_one_line(cluster, change, command):
     assert out.stdout == ""
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("entrypoint: error: "), out.stderr
+
+
+# --------------------------------------------------------------------------- #
+# A malformed TF_CONFIG (set by hand, or by an operator) is named as such
+# --------------------------------------------------------------------------- #
+def test_entrypoint_env_errors_say_tf_config_cannot_be_built(cluster):
+    env = pod_env(cluster, 0)
+    env.pop("NUM_WORKERS")
+    out = run_entrypoint(env, "--", sys.executable, "-c", "print('should not run')")
+    assert out.returncode == 2 and out.stderr.strip() == "entrypoint: error: cannot build TF_CONFIG: NUM_WORKERS is not set"
+
+
+class TestMalformedTfConfig:
+    GOOD = {"cluster": {"worker": ["w0:2222", "w1:2222"]}, "task": {"type": "worker", "index": 1}}
+
+    def test_the_entrypoints_tf_config_parses(self, cluster):
+        from dcign_tf import distributed
+
+        job, svc = cluster["job"], cluster["service"]
+        built = entrypoint.build_tf_config(1, job["spec"]["completions"], job["metadata"]["name"],
+                                           svc["metadata"]["name"], NAMESPACE)
+        assert distributed.parse_tf_config(json.dumps(built)) == built
+        assert distributed.parse_tf_config(json.dumps(self.GOOD)) == self.GOOD
+
+    @pytest.mark.parametrize("text, problem", [
+        ('{"cluster": ', "is not valid JSON"),
+        ("[]", 'has no "cluster" object'),
+        ('{"task": {"type": "worker", "index": 0}}', 'has no "cluster" object'),
+        ('{"cluster": {"worker": "w0:2222"}, "task": {"type": "worker", "index": 0}}', "is not a list"),
+        ('{"cluster": {"worker": ["w0"]}, "task": {"type": "worker", "index": 0}}', "is not a list of \"host:port\""),
+        ('{"cluster": {"worker": ["w0:1"]}}', "task None is not"),
+        ('{"cluster": {"worker": ["w0:1"]}, "task": {"type": "chief", "index": 0}}', "task {'type': 'chief'"),
+        ('{"cluster": {"worker": ["w0:1"]}, "task": {"type": "worker", "index": 1}}', "task index 1 is not 0..0"),
+        ('{"cluster": {"worker": ["w0:1"]}, "task": {"type": "worker", "index": "0"}}', "task index '0'"),
+    ])
+    def test_each_fault_names_tf_config(self, text, problem):
+        from dcign_tf import distributed
+
+        with pytest.raises(ValueError) as error:
+            distributed.parse_tf_config(text)
+        message = str(error.value)
+        assert message.startswith("TF_CONFIG ") and problem in message and "\n" not in message, message
+
+    def test_train_exits_2_saying_tf_config_is_the_problem(self, tmp_path):
+        env = {**os.environ, "TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker"}}'}
+        out = subprocess.run([sys.executable, "-m", "dcign_tf.train", f"--flagfile={ROOT}/configs/test.flags",
+                              "--strategy=multi_worker", f"--workdir={tmp_path}/run", f"--data_dir={tmp_path}/data"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+        (line,) = [line for line in out.stderr.splitlines() if line.startswith("dcign_tf.train: error:")]
+        assert "TF_CONFIG task index None" in line, line

@@ -35,6 +35,7 @@ def make_run(workdir, data_dir, mode="dcign", seed=0):
     config = config_lib.from_flagfile(os.path.join(REPO, "configs", "test.flags"))
     config.workdir, config.data_dir, config.mode, config.seed = workdir, data_dir, mode, seed
     info = records.DatasetInfo.load(data_dir)
+    os.makedirs(workdir, exist_ok=True)
     train.write_flags(config)
     keras.utils.set_random_seed(seed)
     model = DCIGN(**config.model_kwargs(info.factor_names))
@@ -158,6 +159,73 @@ def test_novel_view_with_an_exact_decoder_is_zero():
         assert evaluate.novel_view(renderer.decode, codes, images, pairs, LAYOUT[wrong])[0] > 1e-4
 
 
+def test_identity_retention_is_one_for_an_exact_renderer_and_zero_for_a_stranger():
+    # Linear "faces": image = code @ basis, identity in z3..z5 ~ N(0, I). Identity groups hold 6 people at
+    # one view; every other group one person whose one factor varies.
+    rng = np.random.default_rng(5)
+    # 100 groups per factor: pairs of a group share one person, so the groups are the independent draws.
+    codes, sample = structured_codes(rng, groups_per_factor=100)
+    renderer = LinearRenderer(codes.shape[1], 5)
+    sample.images = renderer.decode(codes).astype(np.float32)
+    view_groups = evaluate.same_view_groups(sample)
+    np.testing.assert_array_equal(view_groups, sample.groups["identity"])
+    references = evaluate.stranger_references(sample.images, view_groups)
+    assert references["stranger_pairs"] == 100 * 15
+    stranger = references["stranger_mse"]
+
+    def with_identity(identity_of):
+        return lambda batch: renderer.decode(np.concatenate([batch[:, :3], identity_of(batch)], axis=1))
+
+    strangers = np.random.default_rng(6)
+    decoders = {"exact": renderer.decode,
+                "another person at that view": with_identity(lambda batch: strangers.normal(size=(len(batch), 3))),
+                "the mean face at that view": with_identity(lambda batch: np.zeros((len(batch), 3)))}
+    expected = {"exact": (1.0, 1e-9), "another person at that view": (0.0, 0.15),
+                "the mean face at that view": (0.5, 0.1)}
+    for factor in SCENE:
+        pairs = evaluate.novel_view_pairs(sample.groups[factor], 10, seed=3)
+        for name, decode in decoders.items():
+            mse = evaluate.novel_view(decode, codes, sample.images, pairs, LAYOUT[factor])[0]
+            target, tolerance = expected[name]
+            assert evaluate.identity_retention(mse, stranger) == pytest.approx(target, abs=tolerance), (factor, name)
+    # The data's own mean-face reference: the mean of the other 5 people at the view, (G - 2) / (2 (G - 1)).
+    assert references["mean_face_retention"] == pytest.approx(4 / 10)
+    assert references["mean_face_mse"] == pytest.approx(stranger * 6 / 10)
+    assert np.isnan(evaluate.identity_retention(0.1, float("nan")))
+
+
+def test_same_view_groups_skip_groups_whose_view_changes():
+    rng = np.random.default_rng(7)
+    _, sample = structured_codes(rng)
+    first = sample.groups["identity"][0]
+    sample.factor_values[first[1], 0] += 0.1  # one image of the first identity group turned
+    found = evaluate.same_view_groups(sample)
+    assert len(found) == len(sample.groups["identity"]) - 1 and first[0] not in found
+    references = evaluate.stranger_references(sample.images, np.zeros((0, 0), np.int64))
+    assert references["stranger_pairs"] == 0 and np.isnan(references["stranger_mse"])
+
+
+def test_kl_per_latent_and_its_summary():
+    means = np.array([[0.0, 1.0, 2.0], [0.0, -1.0, 0.0]])
+    log_variances = np.array([[0.0, 0.0, np.log(0.5)], [0.0, 0.0, np.log(0.5)]])
+    kl = evaluate.kl_per_latent(means, log_variances)
+    # (mu^2 + sigma^2 - 1 - log sigma^2) / 2, averaged over the two images.
+    np.testing.assert_allclose(kl, [0.0, 0.5, (2.0**2 + 2 * (0.5 - 1 - np.log(0.5))) / 4])
+    summary = evaluate.kl_summary(kl, {"azimuth": (0,), "identity": (1, 2)})
+    assert summary["total"] == pytest.approx(kl.sum())
+    assert summary["active_latents"] == 2
+    assert summary["by_factor"] == {"azimuth": 0.0, "identity": pytest.approx(kl[1] + kl[2])}
+
+
+def test_group_ids_number_every_group_once():
+    _, sample = structured_codes(np.random.default_rng(8), groups_per_factor=3, group_size=4)
+    ids = sample.group_ids
+    assert sorted(set(ids.tolist())) == list(range(12))
+    for rows in sample.groups.values():
+        for group in rows:
+            assert len(set(ids[group].tolist())) == 1
+
+
 def test_novel_view_pairs_are_distinct_pairs_within_groups_and_reproducible():
     groups = np.arange(30).reshape(5, 6)
     pairs = evaluate.novel_view_pairs(groups, 4, seed=7)
@@ -216,7 +284,14 @@ def check_run_metrics(metrics, novel_view_is_pair):
     assert set(metrics["disentanglement"]) == SCORE_KEYS
     assert 0 < metrics["test_mse"] < 1
     assert set(metrics["calibration"]) == set(SCENE)
-    for section in ("equivariance", "invariance", "novel_view_mse", "disentanglement", "calibration"):
+    assert set(metrics["identity_retention"]) == set(SCENE) | {"reconstruction"}
+    for value in metrics["identity_retention"].values():
+        assert set(value) == {"dcign", "baseline"} if novel_view_is_pair else isinstance(value, float)
+    assert set(metrics["kl"]) == {"total", "per_latent", "active_latents", "by_factor"}
+    assert len(metrics["kl"]["per_latent"]) == 8 and set(metrics["kl"]["by_factor"]) == set(FACTORS)  # configs/test.flags: 8 latents
+    assert metrics["kl"]["total"] == pytest.approx(sum(metrics["kl"]["per_latent"]))
+    for section in ("equivariance", "invariance", "novel_view_mse", "identity_retention", "kl", "disentanglement",
+                    "calibration"):
         numbers = all_numbers(metrics[section])
         assert numbers and all(np.isfinite(numbers)), section
 
@@ -239,6 +314,19 @@ def test_evaluate_with_baseline_writes_metrics_figures_events_and_calibration(ru
     assert metrics["novel_view_pairs"] == dict.fromkeys(SCENE, 6)
     for factor in SCENE:
         assert metrics["novel_view_mse"][factor]["baseline"] == metrics["baseline"]["novel_view_mse"][factor]
+        for label in ("dcign", "baseline"):
+            expected = 1 - metrics["novel_view_mse"][factor][label] / metrics["stranger_mse"]
+            assert metrics["identity_retention"][factor][label] == pytest.approx(expected)
+        assert metrics["baseline"]["identity_retention"][factor] == metrics["identity_retention"][factor]["baseline"]
+    # The data's references, once: 2 identity groups of 4 at one view each: 12 pairs; mean face (G-2)/(2(G-1)).
+    assert metrics["stranger_pairs"] == 12 and 0 < metrics["stranger_mse"] < 1
+    assert metrics["mean_face_retention"] == pytest.approx(1 / 3)
+    assert "stranger_mse" not in metrics["baseline"]
+    assert metrics["identity_retention"]["reconstruction"]["dcign"] == pytest.approx(
+        1 - metrics["test_mse"] / metrics["stranger_mse"])
+    settings = metrics["disentanglement_settings"]
+    assert set(settings) == {"mig", "sap", "dci"}
+    assert settings["dci"]["split"] == "by group" and settings["dci"]["train_points"] % 4 == 0
 
     names = set(os.listdir(eval_dir))
     expected = ({f"sweep_{f}.png" for f in FACTORS} | {f"baseline_sweep_{f}.png" for f in FACTORS}
@@ -253,7 +341,9 @@ def test_evaluate_with_baseline_writes_metrics_figures_events_and_calibration(ru
     accumulator.Reload()
     tags = set(accumulator.Tags()["tensors"])
     for tag in ["test_mse", "equivariance/azimuth/spearman", "invariance/identity", "novel_view_mse/light/dcign",
-                "disentanglement/mig", "baseline/test_mse", "figures/sweep_light", "figures/novel_view_azimuth"]:
+                "disentanglement/mig", "baseline/test_mse", "figures/sweep_light", "figures/novel_view_azimuth",
+                "identity_retention/azimuth/dcign", "identity_retention/reconstruction/baseline", "stranger_mse",
+                "kl/total", "kl/by_factor/identity", "baseline/kl/active_latents"]:
         assert tag in tags, tag
         assert [event.step for event in accumulator.Tensors(tag)] == [20]
     saved_mse = float(tf.make_ndarray(accumulator.Tensors("test_mse")[0].tensor_proto))
@@ -266,9 +356,25 @@ def test_evaluate_with_baseline_writes_metrics_figures_events_and_calibration(ru
     assert open(os.path.join(baseline, "export", "model_info.json"), "rb").read() == baseline_info
 
 
-def test_nocalibrate_leaves_the_export_alone_and_metrics_are_reproducible(runs, tmp_path):
+def event_steps(logdir, tag):
+    accumulator = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return [event.step for event in accumulator.Tensors(tag)] if tag in accumulator.Tags()["tensors"] else []
+
+
+def test_nocalibrate_leaves_the_export_alone_metrics_are_reproducible_and_reruns_add_no_points(runs, tmp_path):
     run = str(tmp_path / "run")
     shutil.copytree(runs["dcign"], run, ignore=shutil.ignore_patterns("eval"))
+    eval_dir = os.path.join(run, "eval")
+    # An earlier evaluation at another step (an export before training was extended), and a killed
+    # evaluation's staging directory from long ago.
+    writer = tf.summary.create_file_writer(eval_dir)
+    with writer.as_default():
+        tf.summary.scalar("test_mse", 0.5, step=7)
+    writer.close()
+    stale = os.path.join(eval_dir, evaluate.STAGING_PREFIX + "99999")
+    os.makedirs(stale)
+    os.utime(stale, (0, 0))
     before = open(os.path.join(run, "export", "model_info.json"), "rb").read()
     settings = evaluate.Settings(groups_per_factor=1, calibrate=False, sweep_images=2, sweep_steps=3)
     first = evaluate.evaluate(run, settings=settings, log=lambda line: None)
@@ -276,8 +382,18 @@ def test_nocalibrate_leaves_the_export_alone_and_metrics_are_reproducible(runs, 
     assert open(os.path.join(run, "export", "model_info.json"), "rb").read() == before
     assert first["test_images"] == 16
     assert all(isinstance(value, float) for value in first["novel_view_mse"].values())
-    for key in ("test_mse", "equivariance", "invariance", "novel_view_mse", "disentanglement"):
+    for key in ("test_mse", "equivariance", "invariance", "novel_view_mse", "identity_retention", "kl",
+                "disentanglement"):
         assert first[key] == second[key], key
+    # One event file; the other step's point kept, this step's once despite two evaluations.
+    assert len([name for name in os.listdir(eval_dir) if "tfevents" in name]) == 1
+    assert not [name for name in os.listdir(eval_dir) if name.startswith(evaluate.STAGING_PREFIX)]
+    assert event_steps(eval_dir, "test_mse") == [7, 20]
+    assert event_steps(eval_dir, "figures/sweep_azimuth") == [20]
+    assert event_steps(eval_dir, "kl/total") == [20]
+    # One group per factor: 4 groups, split whole (3 : 1 here, the nearest to 2 : 1 in groups of 4).
+    dci_settings = first["disentanglement_settings"]["dci"]
+    assert dci_settings["train_points"] + dci_settings["test_points"] == 16 and dci_settings["test_points"] % 4 == 0
 
 
 def test_training_summary_gives_scalars_and_sweep_grids(runs, faces_dataset):
@@ -290,6 +406,9 @@ def test_training_summary_gives_scalars_and_sweep_grids(runs, faces_dataset):
     scalars, images = evaluate.training_summary(model, batches, max_images=32, sweep_images=3, sweep_steps=5)
     assert set(scalars) >= {f"equivariance/{f}/{k}" for f in SCENE for k in ("pearson", "spearman", "r2")}
     assert all(isinstance(value, float) for value in scalars.values())
+    assert {f"identity_retention/{f}" for f in SCENE} | {"identity_retention/reconstruction", "stranger_mse",
+            "mean_face_mse", "kl/total", "kl/active_latents"} | {f"kl/by_factor/{f}" for f in FACTORS} <= set(scalars)
+    assert all(np.isfinite(scalars[f"kl/by_factor/{f}"]) for f in FACTORS)
     assert set(images) == {f"sweep/{f}" for f in FACTORS}
     for grid in images.values():
         assert grid.dtype == np.float32 and grid.ndim == 2 and 0 <= grid.min() and grid.max() <= 1
@@ -308,6 +427,34 @@ def mismatched_data(source, target, edit):
     return target
 
 
+# Lines TensorFlow's C++ logging prints while it loads, whatever TF_CPP_MIN_LOG_LEVEL says.
+TF_LOG_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ",
+                   "To enable the following instructions")
+
+
+def corrupted_copy(source, target, how):
+    """A copy of dataset `source` whose first identity test shard is damaged: "crc" flips bytes mid-file,
+    "png" rewrites the first group with an image that is not a PNG (valid CRCs and parsing)."""
+    from dcign_tf.data import records
+
+    shutil.copytree(source, target)
+    info = records.DatasetInfo.load(str(target))
+    path = info.shard_paths(str(target), "test", "identity")[0]
+    if how == "crc":
+        data = bytearray(open(path, "rb").read())
+        for index in range(len(data) // 2, len(data) // 2 + 16):
+            data[index] ^= 0xFF
+        open(path, "wb").write(bytes(data))
+    else:
+        serialized = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        example = tf.train.Example.FromString(serialized[0])
+        example.features.feature[records.IMAGES_KEY].bytes_list.value[0] = b"not a png"
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in [example.SerializeToString()] + serialized[1:]:
+                writer.write(record)
+    return str(target)
+
+
 def test_bad_input_is_one_line_and_exit_2(runs, faces_dataset, tmp_path):
     run = runs["dcign"]
     empty_run = tmp_path / "empty_run"
@@ -318,6 +465,15 @@ def test_bad_input_is_one_line_and_exit_2(runs, faces_dataset, tmp_path):
         info["factors"][0]["name"] = "pose"
 
     renamed = mismatched_data(faces_dataset, str(tmp_path / "renamed"), rename_factor)
+    other_dcign = make_run(str(tmp_path / "other_dcign"), faces_dataset, "dcign", seed=2)
+
+    def reseed(info):
+        info["generator"]["seed"] = 12345
+
+    other_data = mismatched_data(faces_dataset, str(tmp_path / "other_data"), reseed)
+    other_data_baseline = make_run(str(tmp_path / "other_data_baseline"), other_data, "baseline", seed=3)
+    bad_crc, bad_png = corrupted_copy(faces_dataset, tmp_path / "bad_crc", "crc"), \
+        corrupted_copy(faces_dataset, tmp_path / "bad_png", "png")
     cases = {
         "no such run directory": [f"--workdir={tmp_path / 'missing'}"],
         "has no exported model": [f"--workdir={empty_run}"],
@@ -327,13 +483,20 @@ def test_bad_input_is_one_line_and_exit_2(runs, faces_dataset, tmp_path):
         "same run": [f"--workdir={run}", f"--baseline_workdir={run}"],
         "--workdir is required": [],
         "Unknown command line flag": [f"--workdir={run}", "--no_such_flag=1"],
+        "--full_disentanglement is gone": [f"--workdir={run}", "--full_disentanglement"],
+        "is a dcign-mode run": [f"--workdir={run}", f"--baseline_workdir={other_dcign}"],
+        "was trained on other data": [f"--workdir={run}", f"--baseline_workdir={other_data_baseline}"],
+        # The damaged file is named, not only the data dir.
+        f"{os.path.join(bad_png, 'test', 'identity-00000-of-')}": [f"--workdir={run}", f"--data_dir={bad_png}"],
+        f"{os.path.join(bad_crc, 'test', 'identity-00000-of-')}": [f"--workdir={run}", f"--data_dir={bad_crc}"],
     }
     processes = {expected: subprocess.Popen([sys.executable, "-m", "dcign_tf.evaluate", *args], cwd=REPO,
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for expected, args in cases.items()}
     for expected, process in processes.items():
-        stdout, stderr = process.communicate(timeout=120)
-        lines = [line for line in stderr.splitlines() if line.strip()]
-        assert process.returncode == 2, (expected, stderr)
-        assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("dcign_tf.evaluate: error:"), lines
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2, (expected, stderr[-2000:])
         assert "Traceback" not in stderr + stdout
+        # TensorFlow's own start-up lines (cases caught after it loads) are not ours: one error line.
+        lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(TF_LOG_PREFIXES)]
+        assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("dcign_tf.evaluate: error:"), lines

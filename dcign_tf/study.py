@@ -786,8 +786,10 @@ class Runner:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage} {run.name}\n")
             log.flush()
+            # A session of its own: a Ctrl-C on the terminal reaches the study alone, which passes on one
+            # SIGTERM (a trainer takes a second signal as "stop at once, without a checkpoint").
             process = subprocess.Popen(self.command(run, stage), stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=environment)
+                                       stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
         task = Task(run=run, stage=stage, process=process, log_path=log_path, started=time.time())
         self.running.append(task)
         if stage == "train" and not self.dataset_ready():
@@ -902,8 +904,13 @@ class Runner:
     # -- the loop
     def on_sigterm(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self.stopping = "SIGTERM"
+        self.forward_sigterm()
+
+    def forward_sigterm(self) -> None:
+        """Trainers save a checkpoint and exit 143; a second one makes them stop at once."""
         for task in self.running:
-            task.process.send_signal(signal.SIGTERM)
+            if task.process.poll() is None:
+                task.process.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, self.on_sigterm)
@@ -911,11 +918,13 @@ class Runner:
             return self._loop()
         except KeyboardInterrupt:
             self.stopping = "SIGINT"
-            for task in self.running:
-                task.process.send_signal(signal.SIGTERM)
-            for task in self.running:
-                task.process.wait()
-                self.finish(task)
+            self.forward_sigterm()
+            while self.running:
+                try:
+                    self.running[0].process.wait()
+                    self.finish(self.running.pop(0))
+                except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+                    self.forward_sigterm()
             return EXIT_INTERRUPTED
         finally:
             signal.signal(signal.SIGTERM, previous)

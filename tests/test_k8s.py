@@ -18,10 +18,12 @@ import copy
 import functools
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -50,6 +52,8 @@ kbuild = _load_module("dcign_k8s_build", K8S / "build.py")
 # kubernetes-validate bundles.
 K8S_VERSIONS = sorted({"1.29", ".".join(kubernetes_validate.latest_version().split(".")[:2])})
 UID = 1000  # jobs/Dockerfile's user
+HOME = "/home/dcign"  # jobs/Dockerfile's HOME (test_dockerfile checks): ~/.keras, ~/.cache/matplotlib live there
+WRITABLE = ("/tmp", HOME)  # With a read-only root filesystem, what TF, Keras, absl and matplotlib write to
 
 PVC, DEP, SVC, JOB, TFJOB = ("PersistentVolumeClaim", "Deployment", "Service", "Job", "TFJob")
 COMMON = {PVC: 2, DEP: 1, SVC: 1}  # k8s/base: data + runs claims, TensorBoard
@@ -412,6 +416,8 @@ def container_violations(where: str, c: dict) -> list[str]:
     sc = c.get("securityContext") or {}
     if sc.get("allowPrivilegeEscalation") is not False:
         out.append(f"{where}: allowPrivilegeEscalation must be false")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        out.append(f"{where}: readOnlyRootFilesystem must be true")
     if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
         out.append(f"{where}: capabilities must drop ALL")
     if (sc.get("capabilities") or {}).get("add") or sc.get("privileged"):
@@ -471,11 +477,19 @@ def doc_violations(doc: dict) -> list[str]:
             out.append(f"{where}: seccompProfile must be RuntimeDefault")
         if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
             out.append(f"{where}: host namespaces")
-        for v in spec.get("volumes") or []:
+        if spec.get("automountServiceAccountToken") is not False:
+            out.append(f"{where}: automountServiceAccountToken must be false (no pod calls the API)")
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        for v in volumes.values():
             if "secret" in v or "hostPath" in v:
                 out.append(f"{where}: volume {v['name']} is a secret/hostPath")
         for c in containers(template):
             out += container_violations(where, c)
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+            for path in WRITABLE:
+                mount = mounts.get(path)
+                if mount is None or mount.get("readOnly") or "emptyDir" not in volumes.get(mount["name"], {}):
+                    out.append(f"{where}/{c['name']}: {path} must be a writable emptyDir (the root is read-only)")
     return out
 
 
@@ -512,6 +526,13 @@ def test_volumes_reference_claims_of_the_same_overlay(built, name):
     (lambda c, p, j: p["securityContext"].pop("seccompProfile"), "seccompProfile"),
     (lambda c, p, j: c["securityContext"].update(allowPrivilegeEscalation=True), "allowPrivilegeEscalation"),
     (lambda c, p, j: c["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "drop ALL"),
+    (lambda c, p, j: c["securityContext"].pop("readOnlyRootFilesystem"), "readOnlyRootFilesystem"),
+    (lambda c, p, j: p.pop("automountServiceAccountToken"), "automountServiceAccountToken"),
+    (lambda c, p, j: c["volumeMounts"].pop(0), "/tmp must be a writable emptyDir"),
+    (lambda c, p, j: [m.update(readOnly=True) for m in c["volumeMounts"] if m["mountPath"] == HOME],
+     f"{HOME} must be a writable emptyDir"),
+    (lambda c, p, j: [(v.pop("emptyDir"), v.update(persistentVolumeClaim={"claimName": "dcign-runs"}))
+                      for v in p["volumes"] if v["name"] == "tmp"], "/tmp must be a writable emptyDir"),
     (lambda c, p, j: c.update(command=["python"]), "sets command"),
     (lambda c, p, j: c.update(image="registry.example.com/dcign-tf:latest"), "not pinned"),
     (lambda c, p, j: c.update(image="dcign-tf"), "not pinned"),
@@ -682,6 +703,7 @@ def test_dockerfile():
     assert any(f"--uid {UID}" in r for r in by["RUN"])
     assert any("pip install --no-cache-dir /app" in r for r in by["RUN"])
     assert json.loads(by["ENTRYPOINT"][0]) == ["/usr/bin/tini", "--"]
+    assert f"HOME={HOME}" in " ".join(by["ENV"]).split()  # the emptyDir the manifests mount there
     assert any("tini" in r for r in by["RUN"])
     # every COPY source exists in the repo, and what the pods run is copied
     copied = set()
@@ -694,6 +716,49 @@ def test_dockerfile():
     ignore = (ROOT / "jobs" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
     for s in ("setup.py", "README.md", "dcign_tf/**", "configs/**", "jobs/**"):
         assert f"!{s}" in ignore
+
+
+READ_ONLY_ROOT_SCRIPT = r"""
+set -e
+W="$1"
+mount --make-rprivate /
+mount --bind "$W/tmp" /tmp
+for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+  case "$m" in /proc*|/sys*|/dev*|/tmp) ;; *) mount -o remount,bind,ro "$m" 2>/dev/null || true ;; esac
+done
+if touch "$REPO/.read-only-probe" 2>/dev/null; then rm -f "$REPO/.read-only-probe"; echo "root still writable"; exit 99; fi
+cd "$REPO"
+python -m dcign_tf.data.make_faces --data_dir="$W/data" --image_size=32 --group_size=4 --groups_per_factor=6     --test_groups_per_factor=2 --num_shards=2 --processes=1 --noprogress
+mount --bind "$W/data" "$W/data" && mount -o remount,bind,ro "$W/data"   # read-only for training, as mounted
+python -m dcign_tf.train --flagfile=configs/test.flags --data_dir="$W/data" --dataset=prebuilt     --workdir="$W/runs/run" --steps=2 --log_every=1 --checkpoint_every=2 --eval_every=2 --image_every=2 --progress=none
+python -m dcign_tf.evaluate --workdir="$W/runs/run" --groups_per_factor=2
+"""
+
+
+def test_the_programs_run_with_a_read_only_root(tmp_path):
+    """readOnlyRootFilesystem, tried: in a private mount namespace where every filesystem is read-only but
+    /tmp and HOME (the emptyDirs), /dev/shm and the data and runs volumes, the datagen, train and eval
+    commands succeed (train with the data read-only, as the pods mount it). Root only: skipped elsewhere."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount (util-linux)")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here (needs root): {probe.stderr.strip()}")
+    # Under /dev/shm, which stays writable in the namespace as in the pods (and is outside /tmp, bound over).
+    work = Path(tempfile.mkdtemp(prefix="dcign-read-only-root-", dir="/dev/shm"))
+    try:
+        for name in ("tmp", "home", "data", "runs"):
+            (work / name).mkdir()
+        env = {**os.environ, "HOME": str(work / "home"), "REPO": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("TMPDIR", None)
+        result = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_ROOT_SCRIPT, "sh", str(work)], env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert (work / "runs" / "run" / "eval" / "metrics.json").is_file()
+        # What landed in HOME is what the home emptyDir is for.
+        assert (work / "home" / ".keras").is_dir()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_files_the_pods_use_exist(built):

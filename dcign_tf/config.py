@@ -55,6 +55,11 @@ class TrainConfig:
                        choices=["dcign", "baseline"])
     invariance_weight: float = option(0.01, "Scale of the pull of clamped latents toward their group mean (paper: 1/100).")
     kl_weight: float = option(1.0, "Weight of the KL term (1 = the variational lower bound).")
+    likelihood: str = option("bernoulli", "The decoder's pixel distribution: bernoulli (the paper) or gaussian "
+                             "(N(x; mean, --pixel_sigma^2): every grey level's error weighs the same).",
+                             choices=["bernoulli", "gaussian"])
+    pixel_sigma: float = option(0.0, "The gaussian likelihood's standard deviation on [0, 1]; 0 calibrates it to "
+                                "each batch's mean squared error (sigma-VAE).")
     unclamped_steps: int = option(0, "In dcign mode, first train this many steps without clamping, then clamp: "
                                   "the paper's pretrain-then-clamp schedule within one run.")
     mirror_factors: str = option("", "Factors that change sign when an image is mirrored left-right (faces: "
@@ -142,7 +147,8 @@ class TrainConfig:
                     decoder_filters=self.decoder_widths, encoder_padding=self.encoder_padding, mode=self.mode,
                     invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
                     unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factor_list,
-                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, seed=self.seed)
+                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, likelihood=self.likelihood,
+                    pixel_sigma=self.pixel_sigma, seed=self.seed)
 
     def validate(self) -> None:
         positive = ["image_size", "group_size", "num_latents", "groups_per_batch", "steps", "log_every",
@@ -164,9 +170,9 @@ class TrainConfig:
         if not 0 < self.dataset_group_spread <= 1:
             raise ConfigError(f"--dataset_group_spread must be in (0, 1], got {self.dataset_group_spread}")
         if min(self.invariance_weight, self.kl_weight, self.eval_every, self.unclamped_steps, self.mirror_weight,
-               self.mirror_images, self.warmup_steps) < 0:
+               self.mirror_images, self.warmup_steps, self.pixel_sigma) < 0:
             raise ConfigError("--invariance_weight, --kl_weight, --eval_every, --unclamped_steps, --mirror_weight, "
-                              "--mirror_images and --warmup_steps must not be negative")
+                              "--mirror_images, --warmup_steps and --pixel_sigma must not be negative")
         if self.warmup_steps and self.learning_rate_schedule == "constant":
             raise ConfigError("--warmup_steps needs --learning_rate_schedule=cosine")
         self.encoder_widths, self.decoder_widths, self.factor_weight_map  # noqa: B018 - parse to validate

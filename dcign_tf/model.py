@@ -176,20 +176,37 @@ def build_decoder(config: ModelConfig) -> keras.Model:
     return keras.Model(z, features, name="decoder")
 
 
-def sgvb_terms(images, logits, mean, log_variance):
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def sgvb_terms(images, logits, mean, log_variance, likelihood="bernoulli", pixel_sigma=0.0):
     """Per-image SGVB terms.
 
     Args:
-      images: [B, S, S, 1] in [0, 1] (the Bernoulli targets).
-      logits: decoder outputs [B, S, S, 1].
+      images: [B, S, S, 1] in [0, 1] (the targets).
+      logits: decoder outputs [B, S, S, 1]; the pixel means are their sigmoid.
       mean, log_variance: posterior parameters [B, L].
+      likelihood: "bernoulli" (the paper: binary cross-entropy), or "gaussian": N(x; sigmoid(logits),
+        pixel_sigma^2) per pixel, which weighs an error equally at every grey level, where the
+        Bernoulli's curvature 1/(x(1-x)) spends most of the loss on the black background.
+      pixel_sigma: the Gaussian's standard deviation on [0, 1]; 0 calibrates it to the batch: sigma^2 =
+        the batch's mean squared error, held constant for the gradient (Rybkin et al. 2021, sigma-VAE).
 
     Returns:
-      (reconstruction [B]: binary cross-entropy summed over pixels, in nats;
+      (reconstruction [B]: the negative log-likelihood summed over pixels, in nats;
        kl [B]: KL(q(z|x) || N(0, I)), in nats).
     """
-    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits)
-    reconstruction = tf.reduce_sum(cross_entropy, axis=[1, 2, 3])
+    if likelihood == "bernoulli":
+        cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits)
+        reconstruction = tf.reduce_sum(cross_entropy, axis=[1, 2, 3])
+    elif likelihood == "gaussian":
+        squared_error = tf.square(tf.sigmoid(logits) - images)
+        variance = (tf.constant(pixel_sigma ** 2, squared_error.dtype) if pixel_sigma > 0
+                    else tf.stop_gradient(tf.maximum(tf.reduce_mean(squared_error), 1e-6)))
+        reconstruction = tf.reduce_sum(0.5 * squared_error / variance + 0.5 * tf.math.log(2 * math.pi * variance),
+                                       axis=[1, 2, 3])
+    else:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     kl = -0.5 * tf.reduce_sum(1.0 + log_variance - tf.square(mean) - tf.exp(log_variance), axis=1)
     return reconstruction, kl
 
@@ -238,13 +255,14 @@ class DCIGN(keras.Model):
       mirror_weight: scale of that penalty.
       mirror_images: images of each group that get the penalty (their first `mirror_images`; a
         group's images are in random order), 0 for all. It costs one extra encoder pass over them.
+      likelihood, pixel_sigma: the decoder's pixel distribution (see `sgvb_terms`); "bernoulli" is the paper's.
       seed: seed of the reparameterisation noise.
     """
 
     def __init__(self, factor_names, latent_layout, image_size=150, num_latents=200,
                  encoder_filters=(96, 48, 24), decoder_filters=(48, 96, 96), encoder_padding="auto",
                  mode="dcign", invariance_weight=0.01, kl_weight=1.0, unclamped_steps=0, mirror_factors=(),
-                 mirror_weight=1.0, mirror_images=0, seed=0, **kwargs):
+                 mirror_weight=1.0, mirror_images=0, likelihood="bernoulli", pixel_sigma=0.0, seed=0, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -256,6 +274,11 @@ class DCIGN(keras.Model):
         self.mode = mode
         self.invariance_weight = float(invariance_weight)
         self.kl_weight = float(kl_weight)
+        if likelihood not in LIKELIHOODS or pixel_sigma < 0:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS} and pixel_sigma >= 0, got {likelihood!r}, "
+                             f"{pixel_sigma}")
+        self.likelihood = likelihood
+        self.pixel_sigma = float(pixel_sigma)
         self.unclamped_steps = int(unclamped_steps)
         self.seed = int(seed)
         # Row f: 1 on the latents of factor f, the ones that stay free in f's groups.
@@ -376,7 +399,8 @@ class DCIGN(keras.Model):
             logits = self.decoder(tf.reshape(z, [groups * group_size, -1]), training=True)
             reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32),
                                             tf.reshape(clamped_mean, [groups * group_size, -1]),
-                                            tf.reshape(clamped_log_variance, [groups * group_size, -1]))
+                                            tf.reshape(clamped_log_variance, [groups * group_size, -1]),
+                                            self.likelihood, self.pixel_sigma)
             # Summed over this replica's images and divided by the global batch: the SUM
             # all-reduce of gradients then gives the global mean.
             loss = tf.reduce_sum(reconstruction + self.kl_weight * kl) / global_batch
@@ -467,7 +491,8 @@ class DCIGN(keras.Model):
         mean, log_variance = self.encoder(flat_images, training=False)
         noise = tf.concat([self._test_noise(count), tf.zeros([padding, self.config.num_latents])], axis=0)
         logits = self.decoder(mean + tf.exp(0.5 * log_variance) * noise, training=False)
-        reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32), mean, log_variance)
+        reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32), mean, log_variance,
+                                        self.likelihood, self.pixel_sigma)
         reconstructed = self.decode(mean)
         per_image_mse = tf.reduce_mean(tf.square(tf.cast(reconstructed, tf.float32) - flat_images), axis=[1, 2, 3])
         self.loss_tracker.update_state(reconstruction + kl, sample_weight=weights)
@@ -497,7 +522,8 @@ class DCIGN(keras.Model):
                     encoder_padding=self.config.encoder_padding, mode=self.mode,
                     invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
                     unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factors,
-                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, seed=self.seed,
+                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, likelihood=self.likelihood,
+                    pixel_sigma=self.pixel_sigma, seed=self.seed,
                     name=self.name)
 
 

@@ -308,3 +308,25 @@ def test_mixed_precision_trains_and_keeps_the_latents_in_float32(policy):
         assert any(np.abs(a - b.numpy()).max() > 0 for a, b in zip(before, network.trainable_weights))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("pixel_sigma", [0.1, 0.0])
+def test_gaussian_likelihood_is_the_pixel_normal_log_density(pixel_sigma):
+    """--likelihood=gaussian: -log N(x; sigmoid(logits), sigma^2) summed over pixels; sigma 0 calibrates
+    sigma^2 to the batch's mean squared error, held constant for the gradient."""
+    rng = np.random.default_rng(3)
+    images = rng.uniform(size=(2, 4, 4, 1)).astype(np.float32)
+    logits = tf.constant(rng.normal(size=(2, 4, 4, 1)).astype(np.float32))
+    zeros = np.zeros((2, 3), np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        reconstruction, _ = model_lib.sgvb_terms(images, logits, zeros, zeros, "gaussian", pixel_sigma)
+        total = tf.reduce_sum(reconstruction)
+    means = 1 / (1 + np.exp(-logits.numpy()))
+    variance = pixel_sigma ** 2 or np.mean(np.square(means - images))
+    expected = (0.5 * np.square(means - images) / variance + 0.5 * np.log(2 * np.pi * variance)).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(reconstruction.numpy(), expected, rtol=1e-5)
+    gradient = tape.gradient(total, logits).numpy()
+    np.testing.assert_allclose(gradient, (means - images) / variance * means * (1 - means), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="likelihood"):
+        model_lib.sgvb_terms(images, logits, zeros, zeros, "laplace")

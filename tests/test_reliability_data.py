@@ -166,6 +166,22 @@ class TestCorruptData:
             input_pipeline.check_shards(data_dir, "train")
         assert_one_line(error.value, f"{path}: record {BAD_RECORD}: ", fragment)
 
+    @pytest.mark.parametrize("damaged", ["a PNG of the wrong size", "bytes that are not a PNG", "damaged pixel data"],
+                             indirect=True)
+    def test_a_split_too_big_to_decode_gets_its_headers_checked(self, damaged, monkeypatch):
+        """Above FULL_DECODE_PIXELS check_shards reads every image's header but decodes none: wrong sizes and
+        bytes that are not PNGs are still found; damaged pixel data behind a good header is left to training,
+        which locates it (locate_bad_record decodes)."""
+        data_dir, path, fragment = damaged
+        monkeypatch.setattr(input_pipeline, "FULL_DECODE_PIXELS", 0)
+        if "pixel" in fragment or "damaged PNG" in fragment:
+            input_pipeline.check_shards(data_dir, "train")
+        else:
+            with pytest.raises(DatasetError) as error:
+                input_pipeline.check_shards(data_dir, "train")
+            assert_one_line(error.value, f"{path}: record {BAD_RECORD}: ", fragment)
+        assert_one_line(input_pipeline.locate_bad_record(data_dir), f"{path}: record {BAD_RECORD}: ", fragment)
+
     # One case for each way the pipeline fails: parsing, an assertion, the PNG header, PNG decoding.
     @pytest.mark.parametrize("damaged", ["not a tf.train.Example", "another active factor", "a PNG of the wrong size",
                                          "damaged pixel data"], indirect=True)

@@ -82,9 +82,10 @@ def check_shards(data_dir: str, split: str, factors: Sequence[str] | None = None
     active factor); at the image level, bytes that are not a PNG and a PNG of the wrong size (from each
     image's header), and with `decode` a PNG whose pixel data does not decode.
     decode: decode every image; None (default) does when the split holds at most FULL_DECODE_PIXELS
-      pixels (the quickstart set: 197 M pixels, 3.6 CPU-seconds). Stored bytes are covered by the CRCs
-      anyway: a PNG that does not decode behind a valid header and CRC can only come from a broken writer,
-      and training still names it (locate_bad_record) if it gets that far.
+      pixels. Stored bytes are covered by the CRCs anyway: a PNG that does not decode behind a valid
+      header and CRC can only come from a broken writer, and training still names it (locate_bad_record).
+    Cost, measured on the quickstart set (52,000 64x64 images, both splits, on a loaded 2-core machine):
+    5.0 CPU-seconds decoding, 0.6 reading only the headers.
     """
     info = load_info(data_dir)
     shards = [(factor, path, len(records.shard_group_range(info.num_groups(split, factor), info.num_shards, index)))
@@ -145,8 +146,8 @@ def locate_bad_record(data_dir: str, splits: Sequence[str] = records.SPLITS) -> 
     return None
 
 
-# check_shards decodes every image of a split up to this many pixels (about 6 CPU-seconds), and only
-# reads every image's header beyond.
+# check_shards decodes every image of a split up to this many pixels (about 9 CPU-seconds; the quickstart's
+# train split has 197 M), and beyond only reads every image's header (the paper-size faces: 5,400 M).
 FULL_DECODE_PIXELS = 400_000_000
 # What iterating a dataset raises for bad data: a CRC mismatch, a record or image that does not parse,
 # decode or pass an assertion, a vanished file, or a UnicodeDecodeError when TF's message quotes the

@@ -1,4 +1,4 @@
-"""Writes a contact sheet of the procedural faces: identities and one sweep per factor.
+r"""Writes a contact sheet of the procedural faces: identities and one sweep per factor.
 
     python -m dcign_tf.data.contact_sheet --out=docs/faces_contact_sheet.png \
         [--image_size=96] [--seed=0]

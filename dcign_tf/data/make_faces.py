@@ -1,4 +1,4 @@
-"""Generates the DC-IGN faces dataset: groups of rendered faces in which exactly one factor varies.
+r"""Generates the DC-IGN faces dataset: groups of rendered faces in which exactly one factor varies.
 
     python -m dcign_tf.data.make_faces --data_dir=data/faces_small --image_size=64 \
         --groups_per_factor=600 --test_groups_per_factor=100 --num_shards=8 --seed=0

@@ -145,7 +145,7 @@ def test_a_killed_study_resumes(study):
         assert 0 < step < 20
         log = open(os.path.join(study["study_dir"], "logs", f"{cell}.seed{seed}.train.log")).read()
         killed_part, resumed_part = log.rsplit("===== ", 1)
-        assert f"stopped at step {step} on SIGTERM" in killed_part
+        assert "SIGTERM" in killed_part  # from the study's death (PR_SET_PDEATHSIG), not from the test
         assert "resumed from" in resumed_part and f"training from step {step} to 20" in resumed_part
         assert re.search(rf"start +{re.escape(cell)}/seed{seed} +train from step {step} of 20 \(resuming",
                          second.stdout)
@@ -413,6 +413,9 @@ def test_sigterm_reaches_the_trainers(monkeypatch):
 
         def send_signal(self, signum):
             self.signals.append(signum)
+
+        def poll(self):
+            return None  # still running
 
     runner = study_lib.Runner.__new__(study_lib.Runner)
     children = [Child(), Child()]

@@ -33,6 +33,7 @@ def exports(tmp_path_factory, faces_dataset):
     config = config_lib.from_flagfile(os.path.join(REPO, "configs", "test.flags"))
     config.workdir, config.data_dir = str(root / "run"), faces_dataset
     info = records.DatasetInfo.load(faces_dataset)
+    os.makedirs(config.workdir, exist_ok=True)
     train.write_flags(config)
     keras.utils.set_random_seed(0)
     model = DCIGN(**config.model_kwargs(info.factor_names))

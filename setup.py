@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dcign_tf", "dcign_tf.*"]),
     include_package_data=True,
-    package_data={"dcign_tf": ["configs/*.flags", "k8s_schemas/*.json"]},
+    package_data={"dcign_tf": ["configs/*.flags", "k8s_schemas/*.json", "studio_page.html"]},
     install_requires=[
         "tensorflow>=2.18",
         "keras>=3.8",
@@ -26,7 +26,8 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "kubernetes-validate>=1.31", "jsonschema>=4.18", "pyyaml>=6.0"],
+        "test": ["pytest>=8.0", "kubernetes-validate>=1.31", "jsonschema>=4.18", "pyyaml>=6.0",
+                 "selenium>=4.15"],
         "cuda": ["tensorflow[and-cuda]>=2.18"],
         "torch": ["torch>=2.4"],
     },

@@ -417,6 +417,13 @@ class Studio:
                 raise StudioError(f"the run's {slider.name} is {'' if slider.target.calibrated else 'un'}calibrated "
                                   "and the baseline's is not alike; run python -m dcign_tf.evaluate on both")
             self.baseline_sliders[slider.name] = dataclasses.replace(slider, target=target)
+        shared = collections.defaultdict(list)
+        for name, target in engine.targets.items():
+            shared[target.latent].append(name)
+        for latent, names in shared.items():
+            if len(names) > 1:
+                self._message("note", f"baseline: {' and '.join(names)} both map to z{latent} (evaluate's choice: "
+                                      "the latent varying most in each one's groups), so their sliders move it alike")
         if not main_calibrated:
             self._message("note", "baseline: the same raw value is set on the latent evaluate chooses for each "
                                   "factor (" + ", ".join(f"{name} z{target.latent}" for name, target in

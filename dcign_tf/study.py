@@ -92,8 +92,9 @@ STUDY_CONTROLLED = {"workdir", "seed", "overwrite"}
 DATASET_FIELDS = {"data_dir", "dataset", "face_model", "image_size", "group_size"}
 EVAL_CONTROLLED = {"workdir", "baseline_workdir", "data_dir"}
 DEFAULT_HEADLINE = ["equivariance/azimuth/abs_spearman", "equivariance/elevation/abs_spearman",
-                    "equivariance/light/abs_spearman", "novel_view_mse/azimuth", "novel_view_mse/light",
-                    "novel_view_mse/elevation", "disentanglement/mig", "disentanglement/sap",
+                    "equivariance/light/abs_spearman", "identity_retention/azimuth", "identity_retention/elevation",
+                    "identity_retention/light", "identity_retention/reconstruction", "novel_view_mse/azimuth",
+                    "novel_view_mse/light", "novel_view_mse/elevation", "disentanglement/mig", "disentanglement/sap",
                     "disentanglement/dci_disentanglement", "disentanglement/dci_completeness",
                     "disentanglement/dci_informativeness", "test_mse"]
 CELL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import os
+import re
 import signal
 import sys
 import time
@@ -17,39 +20,58 @@ from dcign_tf.evaluate import training_summary
 
 
 class SummaryBuffer:
-    """TensorBoard summaries held in memory until `commit`, which writes and flushes them.
+    """TensorBoard summaries held in memory until `commit`, which writes them to an event file of their own.
 
-    The training job commits right after each checkpoint, so the event files never run ahead
-    of the last checkpoint: a run killed between checkpoints resumes without duplicate steps.
+    The training job commits right before each checkpoint, into a file named for that checkpoint's
+    step (`events.out.tfevents.*.ckpt-N.v2`). A run killed between the two leaves a file ahead of its
+    last checkpoint, which `remove_events_after` deletes when the run resumes: those steps are
+    trained and logged again. So TensorBoard shows every step once, and a checkpoint's own step is
+    never lost.
     """
 
     def __init__(self, logdir: str | None):
-        self._writer = tf.summary.create_file_writer(logdir) if logdir else None
+        self._logdir = logdir
         self._pending: list[tuple[str, str, object, int]] = []
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self._writer is not None:
+        if self._logdir is not None:
             self._pending.append(("scalar", tag, float(value), int(step)))
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """image [H, W] in [0, 1]."""
-        if self._writer is not None:
+        if self._logdir is not None:
             self._pending.append(("image", tag, np.asarray(image, np.float32), int(step)))
 
-    def commit(self) -> None:
-        if self._writer is None:
+    def commit(self, checkpoint_step: int) -> None:
+        """Writes what is pending into a new event file for the checkpoint at `checkpoint_step`."""
+        if self._logdir is None or not self._pending:
+            self._pending.clear()
             return
-        with self._writer.as_default():
+        writer = tf.summary.create_file_writer(self._logdir, filename_suffix=f".ckpt-{checkpoint_step}.v2")
+        with writer.as_default():
             for kind, tag, value, step in self._pending:
                 if kind == "scalar":
                     tf.summary.scalar(tag, value, step=step)
                 else:
                     tf.summary.image(tag, value[None, :, :, None], step=step, max_outputs=1)
-        self._writer.flush()
+        writer.flush()
+        writer.close()
         self._pending.clear()
 
     def discard(self) -> None:
         self._pending.clear()
+
+
+def remove_events_after(logdir: str, checkpoint_step: int) -> list[str]:
+    """Deletes the event files that `SummaryBuffer.commit` wrote for checkpoints after `checkpoint_step`
+    (ones the run was killed before saving); returns their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*.ckpt-*.v2")):
+        match = re.search(r"\.ckpt-(\d+)\.v2$", path)
+        if match and int(match.group(1)) > checkpoint_step:
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def crossed(interval: int, previous_step: int, step: int) -> bool:
@@ -70,10 +92,26 @@ class StopRequest:
     def __init__(self):
         self.signum = None
         self._previous = {}
+        # Across workers (distributed.fit_loop) the decision is taken together, one step after a signal.
+        self.coordinated = False
+        self._agreed = False
 
     @property
     def requested(self) -> bool:
+        """Whether this process was signalled."""
         return self.signum is not None
+
+    @property
+    def stop_now(self) -> bool:
+        """Whether the run stops after this step: when signalled, or across workers when any was."""
+        return self._agreed if self.coordinated else self.requested
+
+    def agree(self, any_worker: bool) -> None:
+        """The workers' shared answer for this step (`distributed.fit_loop`)."""
+        self._agreed = any_worker
+        if any_worker and self.signum is None:
+            self.signum = signal.SIGTERM  # Stopped with a preempted peer: resumable, like the peer.
+            logging.warning("another worker was asked to stop: stopping with it after this step")
 
     @property
     def exit_code(self) -> int:
@@ -108,8 +146,8 @@ class RunLoop(keras.callbacks.Callback):
     At each multiple of `log_every` (and at the last step) it logs the mean training metrics since the
     previous log and resets them, and at the first such step past each multiple of `eval_every` /
     `image_every` it evaluates on the test set / draws image panels. Every `checkpoint_every` steps, and
-    at the last step, it saves a checkpoint and then commits the summaries logged so far, which include
-    that step's own. The intervals are multiples of the global step, so a resumed run keeps them. A
+    at the last step, it commits the summaries logged so far, that step's own included, and saves a
+    checkpoint. The intervals are multiples of the global step, so a resumed run keeps them. A
     step that a mixed_float16 loss scale skips does not advance the global step; the run ends when it
     reaches `total_steps`. It stops on a NaN loss (keeping the last good checkpoint and naming the
     step) and on a `StopRequest` (after saving a checkpoint).
@@ -171,7 +209,7 @@ class RunLoop(keras.callbacks.Callback):
         self._last = {"checkpoint": step, "eval": step, "image": step, "log": step}
         self._clock = (time.perf_counter(), step)
         self._position = int(self.data_position.numpy()) if self.data_position is not None else step
-        if self.stop.requested:  # Signalled while the run was being set up: nothing new to save.
+        if self.stop.stop_now:  # Signalled while the run was being set up: nothing new to save.
             self.terminated_at = step
             self.model.stop_training = True
 
@@ -188,9 +226,9 @@ class RunLoop(keras.callbacks.Callback):
         if step > self._last["log"] and (crossed(self.log_every, self._last["log"], step) or last):
             self.log_scalars(step, logs)
             self.model.reset_metrics()  # The next log is the mean of the next interval.
-            if not self.stop.requested:  # A signal is answered now, not after an evaluation.
+            if not self.stop.stop_now:  # A signal is answered now, not after an evaluation.
                 self.log_evaluations(step, last)
-        if self.stop.requested:
+        if self.stop.stop_now:
             self.save(step)
             self.terminated_at = step
             self.model.stop_training = True
@@ -208,11 +246,11 @@ class RunLoop(keras.callbacks.Callback):
 
     # Work.
     def save(self, step: int) -> None:
-        """Checkpoints, then commits the summaries: events never run ahead of the last checkpoint."""
+        """Commits the summaries for this checkpoint, then saves it (see `SummaryBuffer`)."""
         if self.data_position is not None:
             self.data_position.assign(self._position)
+        self.summaries.commit(step)
         self.manager.save(checkpoint_number=step)
-        self.summaries.commit()
         self._last["checkpoint"] = step
 
     def log_evaluations(self, step: int, last: bool) -> None:

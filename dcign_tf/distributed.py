@@ -115,20 +115,26 @@ def _scratch_root(strategy: tf.distribute.Strategy) -> str:
 
 
 def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, *, steps_per_epoch: int,
-             epochs: int, initial_epoch: int, callbacks) -> None:
+             epochs: int, initial_epoch: int, callbacks, stop=None) -> None:
     """`model.fit` for strategies it cannot run: epochs of `model.train_step` under `strategy.run`.
 
     Args:
       dataset_fn: `tf.distribute.InputContext -> tf.data.Dataset` of per-replica batches.
       callbacks: Keras callbacks; they see the same hooks and logs as under `fit`.
+      stop: the process's `callbacks.StopRequest`, or None. Each step all-reduces whether any worker
+        was signalled, so that all stop after the same step: a preempted worker does not leave the
+        others waiting in a collective.
     """
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
     @tf.function
-    def train_function(iterator):
+    def train_function(iterator, signalled):
         outputs = strategy.run(model.train_step, args=(next(iterator),))
-        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in outputs.items()}
+        logs = {name: strategy.reduce("MEAN", value, axis=None) for name, value in outputs.items()}
+        return logs, strategy.reduce("MAX", strategy.run(tf.identity, args=(signalled,)), axis=None)
 
+    if stop is not None:
+        stop.coordinated = True
     callback_list = keras.callbacks.CallbackList(callbacks, model=model)
     model.stop_training = False
     callback_list.on_train_begin()
@@ -138,7 +144,10 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, *
         callback_list.on_epoch_begin(epoch)
         for batch in range(steps_per_epoch):
             callback_list.on_train_batch_begin(batch)
-            logs = train_function(iterator)
+            logs, any_signalled = train_function(
+                iterator, tf.constant(float(stop is not None and stop.requested)))
+            if stop is not None:
+                stop.agree(float(any_signalled) > 0)
             callback_list.on_train_batch_end(batch, logs)
             if model.stop_training:
                 break

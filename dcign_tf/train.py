@@ -5,6 +5,10 @@ Every flag is a field of `dcign_tf.config.TrainConfig`. The run directory (--wor
   checkpoints/         resumed automatically by the same command
   train/               TensorBoard events: scalars, image panels, latent sweeps
   export/              dcign.keras, saved_model/ (encode, decode signatures), model_info.json
+  train.lock           while a training runs: its pid and host (a second training is refused)
+
+SIGINT (Ctrl-C) and SIGTERM stop the run after the step in flight, with a checkpoint, and exit with
+128 + the signal (130, 143); a second signal stops it at once. See dcign_tf.workdir for the lock.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import hashlib
 import logging as pylogging
 import os
+import re
 import signal
 import sys
 import time
@@ -136,6 +141,8 @@ def lock_workdir(workdir: str) -> workdir_lib.WorkdirLock:
         lock = workdir_lib.WorkdirLock(workdir)
         previous = lock.acquire()
     except OSError as error:
+        if workdir_lib.is_disk_full(error):
+            raise  # run() says so
         raise WorkdirError(f"cannot write in --workdir={workdir} ({error.strerror}); choose a writable "
                            "--workdir") from None
     leftovers = workdir_lib.leftovers(workdir)
@@ -197,7 +204,7 @@ def initialise_from(run_dir: str, model: DCIGN, config: config_lib.TrainConfig) 
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if latest is None:
         raise config_lib.ConfigError(f"--init_from={run_dir} has no checkpoint in {run_dir}/checkpoints")
-    tf.train.Checkpoint(model=model).read(latest).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=model_weights(model)).read(latest).assert_existing_objects_matched().expect_partial()
     logging.info("initialised the weights from %s", latest)
 
 
@@ -248,7 +255,7 @@ def run(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy | None 
             raise
         if lock is not None:
             workdir_lib.remove(workdir_lib.leftovers(config.workdir))
-        reason = str(error).strip().splitlines()[0][:200]
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error).strip().splitlines()[0])[:300]
         raise WorkdirError(f"the disk is full ({reason}); free space for --workdir={config.workdir}, then the "
                            "same command resumes from the last checkpoint") from None
     finally:
@@ -293,7 +300,7 @@ def train_and_export(config: config_lib.TrainConfig, strategy: tf.distribute.Str
     data_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
     # The same layout at every --precision (the loss-scale wrapper is not saved; its scale starts
     # afresh on a resume), so that a resume may change --precision.
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, data_position=data_position)
+    checkpoint = tf.train.Checkpoint(model=model_weights(model), optimizer=optimizer, data_position=data_position)
     checkpoint_dir = os.path.join(config.workdir, "checkpoints")
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if not chief:
@@ -334,7 +341,7 @@ def restore(path: str, model: DCIGN, optimizer, data_position: tf.Variable) -> N
     inside mixed_float16's loss-scale wrapper.
     """
     names = [name for name, _ in tf.train.list_variables(path)]
-    parts = {"model": model, "optimizer": optimizer}
+    parts = {"model": model_weights(model), "optimizer": optimizer}
     if any(name.startswith("optimizer/inner_optimizer/") for name in names):
         parts["optimizer"] = tf.train.Checkpoint(inner_optimizer=optimizer)
     has_position = any(name.startswith("data_position/") for name in names)
@@ -343,6 +350,12 @@ def restore(path: str, model: DCIGN, optimizer, data_position: tf.Variable) -> N
     tf.train.Checkpoint(**parts).read(path).assert_existing_objects_matched().expect_partial()
     if not has_position:
         data_position.assign(optimizer.iterations)
+
+
+def model_weights(model: DCIGN) -> tf.train.Checkpoint:
+    """The model's weights for a checkpoint, by layer. Not the model itself: it holds the compiled
+    optimizer, which is a loss-scale wrapper under mixed_float16 only."""
+    return tf.train.Checkpoint(encoder=model.encoder, decoder=model.decoder)
 
 
 def weights_fingerprint(model) -> str:
@@ -361,9 +374,11 @@ def train_loop(config, model, manager, info, strategy, chief, start_step, data_p
 
     def train_data(input_context=None):
         # The stream continues where the checkpoint left it: the order is a function of (seed, batch).
+        # A pipeline feeding several replicas gives each its own batch per step.
+        per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines if input_context else 1
         return input_pipeline.make_dataset(
             config.data_dir, "train", config.groups_per_batch, factor_weights=config.factor_weight_map,
-            seed=config.seed, start_batch=start_batch, expected_image_size=config.image_size,
+            seed=config.seed, start_batch=start_batch * per_step, expected_image_size=config.image_size,
             shuffle_buffer=config.shuffle_buffer, input_context=input_context)
 
     test_groups = sum(info.splits["test"].values())
@@ -374,7 +389,11 @@ def train_loop(config, model, manager, info, strategy, chief, start_step, data_p
         config.data_dir, "test", config.groups_per_batch, shuffle=False, deterministic=True,
         input_context=context), eval_batches)
 
-    summaries = callbacks_lib.SummaryBuffer(os.path.join(config.workdir, "train") if chief else None)
+    logdir = os.path.join(config.workdir, "train")
+    if chief and callbacks_lib.remove_events_after(logdir, start_step):
+        logging.warning("removed TensorBoard events written after step %d: the run was killed before their "
+                        "checkpoint, and logs those steps again", start_step)
+    summaries = callbacks_lib.SummaryBuffer(logdir if chief else None)
     run_loop = callbacks_lib.RunLoop(
         manager, summaries, config.steps, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         eval_every=config.eval_every, image_every=config.image_every,
@@ -390,7 +409,7 @@ def train_loop(config, model, manager, info, strategy, chief, start_step, data_p
     schedule = dict(epochs=1, initial_epoch=0, steps_per_epoch=remaining + max(100, remaining // 10),
                     callbacks=[run_loop, progress])
     if multi_worker:
-        distributed.fit_loop(model, strategy, train_data, **schedule)
+        distributed.fit_loop(model, strategy, train_data, stop=stop, **schedule)
     else:
         model.fit(train_data(), verbose=0, shuffle=False, **schedule)
 

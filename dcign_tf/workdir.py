@@ -10,6 +10,7 @@ process writes and which no live process owns once the lock is ours.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -77,9 +78,15 @@ class WorkdirLock:
             previous = _read_owner(fd)
             record = {"pid": os.getpid(), "host": socket.gethostname(),
                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+                os.fsync(fd)
+            except OSError:  # e.g. a full disk: give the lock back, as `release` does
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                os.close(fd)
+                raise
             self._fd = fd
             return previous
 
@@ -125,11 +132,13 @@ def pid_alive(pid: int) -> bool:
 
 
 def leftovers(workdir: str) -> list[str]:
-    """What killed trainings leave in `workdir`: checkpoint temporaries (`checkpoints/ckpt-N_temp/`) and
-    export temporaries (`export.tmp-PID/`, `export.old-PID/`, `flags.txt.tmp-PID`). Only a training process
-    writes these, so they are safe to remove once its lock is held."""
-    patterns = [os.path.join(workdir, "checkpoints", "*_temp"), os.path.join(workdir, "export.tmp-*"),
-                os.path.join(workdir, "export.old-*"), os.path.join(workdir, f"{FLAGS_FILE}.tmp-*")]
+    """What killed trainings leave in `workdir`: checkpoint temporaries (`checkpoints/ckpt-N_temp/`, and
+    `checkpoints/checkpoint.tmp<hex>` from an index write that failed) and export temporaries
+    (`export.tmp-PID/`, `export.old-PID/`, `flags.txt.tmp-PID`). Only a training process writes these,
+    so they are safe to remove once its lock is held."""
+    patterns = [os.path.join(workdir, "checkpoints", "*_temp"), os.path.join(workdir, "checkpoints", "checkpoint.tmp*"),
+                os.path.join(workdir, "export.tmp-*"), os.path.join(workdir, "export.old-*"),
+                os.path.join(workdir, f"{FLAGS_FILE}.tmp-*")]
     return sorted(path for pattern in patterns for path in glob.glob(pattern))
 
 

@@ -368,7 +368,7 @@ class Studio:
             data_dir = evaluate.resolve_data_dir(run, self.data_dir_arg)
             dataset = records.DatasetInfo.load(data_dir)
         except (evaluate.EvaluationError, records.DatasetError) as error:
-            self._message("note", f"no gallery: {error}; upload an image, or pass --data_dir=DIR")
+            self._message("note", f"no gallery of test faces ({error}); uploads work without one")
             return None
         try:
             evaluate.check_compatible(run, dataset, data_dir)
@@ -701,6 +701,11 @@ class Server(http.server.ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a browser dropping a kept-alive connection: nothing went wrong
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

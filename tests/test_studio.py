@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -234,6 +233,16 @@ def test_a_missing_or_mismatched_export_is_a_message_and_load_again_recovers(run
     assert studio.ready and len(studio.gallery_rows) == 0
     assert any("does not match its data" in message["text"] for message in studio.messages)
     assert studio.upload(png_file_bytes(np.full((40, 40), 128, np.uint8)))["source"].startswith("upload:")
+
+
+def test_pretrained_loads_an_export_directory_with_its_flags(runs, tmp_path, monkeypatch):
+    pretrained = tmp_path / "pretrained" / "faces_small"  # laid out as the committed quickstart model will be
+    shutil.copytree(os.path.join(runs["run"], "export"), pretrained)
+    shutil.copy(os.path.join(runs["run"], "flags.txt"), pretrained / "flags.txt")
+    monkeypatch.setattr(studio_lib, "PRETRAINED_DIR", str(pretrained))
+    workdir, export_dir = studio_lib.check_flags(None, True, None, None)
+    studio = studio_lib.Studio(workdir, export_dir, log=lambda line: None)
+    assert studio.ready and len(studio.gallery_rows) > 0
 
 
 def test_cli_refuses_what_cannot_work_with_one_line(tmp_path, monkeypatch, capsys):

@@ -316,6 +316,10 @@ def make_dataset(
     groups = mixed.map(lambda serialized, factor_index, path: _decode_group(serialized, factor_index, path, info),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     batches = groups.batch(batch_size, drop_remainder=repeat)
+    if repeat:
+        # Endless, which flat_map hides: with a known infinite length, tf.distribute keeps the static
+        # batch shape (it need not expect a worker to run out first).
+        batches = batches.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
     options = tf.data.Options()
     options.deterministic = deterministic

@@ -218,7 +218,9 @@ def global_results(trackers) -> dict:
     reports; the mean of per-replica ratios is not (a replica without a group of some factor
     would count as 0). Outside a strategy this is each tracker's `result()`.
     """
-    sums = [tf.convert_to_tensor(value) for tracker in trackers for value in (tracker.total, tracker.count)]
+    # tf.identity, not convert_to_tensor: a bare variable read has no device, which the multi-worker
+    # all-reduce needs ("destinations can not be empty").
+    sums = [tf.identity(value) for tracker in trackers for value in (tracker.total, tracker.count)]
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         sums = context.all_reduce(tf.distribute.ReduceOp.SUM, sums)

@@ -162,7 +162,7 @@ def read(path):
         return file.read()
 
 
-def test_two_workers_agree_and_resume_after_a_kill(tmp_path, faces_dataset):
+def test_two_workers_stop_together_when_one_is_preempted_and_resume(tmp_path, faces_dataset):
     workdir, logs = str(tmp_path / "run"), str(tmp_path)
     ports = free_ports(2)
     workers = start_workers(workdir, faces_dataset, 400, ports, logs, "first")
@@ -173,12 +173,14 @@ def test_two_workers_agree_and_resume_after_a_kill(tmp_path, faces_dataset):
         assert all(w.poll() is None for w in workers), read(os.path.join(logs, "worker1-first.log"))[-3000:]
         time.sleep(0.5)
     assert os.path.exists(checkpoint_index), "no checkpoint within the deadline"
-    workers[1].send_signal(signal.SIGKILL)           # one worker dies...
-    workers[1].wait()
-    workers[0].send_signal(signal.SIGKILL)           # ...and the job restarts both
-    workers[0].wait()
+    # One worker is preempted (SIGTERM): both stop after the same step, the chief saves it, both exit 143.
+    workers[1].send_signal(signal.SIGTERM)
+    assert [worker.wait(timeout=120) for worker in workers] == [143, 143]
+    chief_log = read(os.path.join(logs, "worker0-first.log"))
+    assert "another worker was asked to stop" in chief_log
+    stopped = int(re.search(r"stopped at step (\d+) on SIGTERM", chief_log).group(1))
     saved = int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', read(checkpoint_index)).group(1))
-    assert saved >= 10
+    assert saved == stopped >= 10
 
     workers = start_workers(workdir, faces_dataset, saved + 10, free_ports(2), logs, "second")
     for worker in workers:

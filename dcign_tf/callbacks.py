@@ -156,7 +156,7 @@ class RunLoop(keras.callbacks.Callback):
       manager: a `tf.train.CheckpointManager` (a scratch one on non-chief workers).
       summaries: the run's `SummaryBuffer`.
       total_steps: the step to stop at.
-      evaluate: a callable returning test metrics {name: value}, or None.
+      evaluate: a callable returning test metrics {name: value} (or None when it gave up on a signal), or None.
       panel_images: [N, S, S, 1] test images for the reconstruction panel, or None (no images).
       summary_batches: test batches for `evaluate.training_summary`: equivariance, invariance and
         latent sweeps every `image_every` steps.
@@ -256,7 +256,8 @@ class RunLoop(keras.callbacks.Callback):
     def log_evaluations(self, step: int, last: bool) -> None:
         if self.evaluate is not None and self.eval_every and (crossed(self.eval_every, self._last["eval"], step)
                                                               or last):
-            for name, value in self.evaluate().items():
+            results = self.evaluate()
+            for name, value in (results or {}).items():  # None: abandoned for a signal
                 self.summaries.scalar(f"test/{name}", value, step)
             self._last["eval"] = step
         if self.panel_images is not None and (crossed(self.image_every, self._last["image"], step) or last):

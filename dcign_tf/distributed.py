@@ -131,7 +131,7 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, *
     def train_function(iterator, signalled):
         outputs = strategy.run(model.train_step, args=(next(iterator),))
         logs = {name: strategy.reduce("MEAN", value, axis=None) for name, value in outputs.items()}
-        return logs, strategy.reduce("MAX", strategy.run(tf.identity, args=(signalled,)), axis=None)
+        return logs, strategy.reduce("SUM", strategy.run(tf.identity, args=(signalled,)), axis=None)
 
     if stop is not None:
         stop.coordinated = True
@@ -157,8 +157,13 @@ def fit_loop(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, *
     callback_list.on_train_end(logs)
 
 
-def evaluate_fn(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, steps: int):
-    """A callable that runs `model.test_step` on `steps` batches under `strategy.run` and returns the means."""
+def evaluate_fn(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn, steps: int, interrupted=None):
+    """A callable that runs `model.test_step` on `steps` batches under `strategy.run` and returns the means.
+
+    interrupted: a callable checked before each batch; when it returns True the evaluation is
+    abandoned and the callable returns None (so that a signal is answered within a batch). Only for
+    a single worker: across workers every one must run the same collectives.
+    """
 
     @tf.function
     def test_function(batch):
@@ -170,6 +175,8 @@ def evaluate_fn(model: keras.Model, strategy: tf.distribute.Strategy, dataset_fn
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
         results = {}
         for _ in range(steps):
+            if interrupted is not None and interrupted():
+                return None
             results = test_function(next(iterator))
         return {name: float(value) for name, value in results.items()}
 

@@ -387,7 +387,7 @@ def train_loop(config, model, manager, info, strategy, chief, start_step, data_p
     # every worker runs the same number of steps.
     evaluate = distributed.evaluate_fn(model, strategy, lambda context: input_pipeline.make_dataset(
         config.data_dir, "test", config.groups_per_batch, shuffle=False, deterministic=True,
-        input_context=context), eval_batches)
+        input_context=context), eval_batches, interrupted=None if multi_worker else lambda: stop.requested)
 
     logdir = os.path.join(config.workdir, "train")
     if chief and callbacks_lib.remove_events_after(logdir, start_step):

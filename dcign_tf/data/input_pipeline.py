@@ -10,12 +10,14 @@ Each batch is a dict:
 B (groups per batch) leads, so tf.distribute splits a batch into whole groups and never splits a group.
 The data path, top to bottom:
 
-    for each factor: its shard files -> (shard files per input pipeline) -> interleave the files' records
-        -> (shard records per input pipeline) -> shuffle serialized groups -> repeat
-    mix the factors with sample_from_datasets(factor weights) -> parse and decode PNGs -> batch -> prefetch
+    for each factor, epoch after epoch: its shard files (per input pipeline), permuted -> interleave
+        the files' records -> (shard records per input pipeline) -> permute windows of serialized groups
+    mix the factors, each group's factor drawn by weight -> parse and decode PNGs -> batch -> prefetch
 
-Groups are shuffled and mixed while still serialized (a few KB of PNG each), so the shuffle buffers are
-small and only groups that are drawn get decoded, in a single parallel decode stage.
+Groups are shuffled and mixed while still serialized (a few KB of PNG each), so the shuffle windows are
+small and only groups that are drawn get decoded, in a single parallel decode stage. Every random choice
+of the endless training stream comes from a stateless seed of (seed, factor, epoch) or (seed, position),
+so its order is a pure function of the seed, and `start_batch` resumes it where a run stopped.
 Everything that can be checked before training (dataset.json, split, factors, shard files, image size)
 raises DatasetError when the dataset is built; `check_shards` reads every shard once and decodes every
 image to find a truncated or corrupt file, record or image. A reader never writes into the data directory.

@@ -7,7 +7,6 @@ the TensorFlow/Keras call at that moment patched to SIGKILL the process: the sta
 exactly what a kill there leaves.
 """
 
-import collections
 import dataclasses
 import glob
 import json
@@ -21,7 +20,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
@@ -65,14 +63,15 @@ sys.argv = ["dcign_tf.train"] + sys.argv[1:]
 runpy.run_module("dcign_tf.train", run_name="__main__", alter_sys=True)
 """
 
-LEFTOVER_PATTERNS = ("checkpoints/*_temp", "checkpoints/*.tmp*", "export.tmp-*", "export.old-*", "flags.txt.tmp-*", "*.tmp-*")
+LEFTOVER_PATTERNS = ("checkpoints/*_temp", "checkpoints/*.tmp*", "export.tmp-*", "export.old-*", "flags.txt.tmp-*",
+                     "*.tmp-*")
 
 
 def leftovers(workdir):
     return sorted({path for pattern in LEFTOVER_PATTERNS for path in glob.glob(os.path.join(workdir, pattern))})
 
 
-def test_config(workdir, data_dir, **overrides):
+def config_for(workdir, data_dir, **overrides):
     base = config_lib.from_flagfile(os.path.join(REPO, "configs", "test.flags"))
     return dataclasses.replace(base, workdir=str(workdir), data_dir=data_dir, **overrides)
 
@@ -81,6 +80,21 @@ def run_logged(command, log_path, env=None):
     """Starts `command` with stdout and stderr to `log_path`; returns the Popen."""
     log = open(log_path, "w")
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture
+def background():
+    """`run_logged` for a test: the processes it started and that still run at the end are killed."""
+    processes = []
+
+    def start(command, log_path, env=None):
+        processes.append(run_logged(command, log_path, env))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
 
 
 def fingerprint(output):
@@ -105,10 +119,10 @@ def hold_lock(workdir):
 def test_lock_refuses_a_second_training_and_a_dead_ones_lock_is_taken_over(tmp_path, faces_dataset, caplog):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    config = test_config(workdir, faces_dataset)
+    config = config_for(workdir, faces_dataset)
     holder = hold_lock(workdir)
     try:
-        with pytest.raises(workdir_lib.WorkdirError, match=rf"is in use by another training \(pid {holder.pid} on host"):
+        with pytest.raises(workdir_lib.WorkdirError, match=rf"in use by another training \(pid {holder.pid} on host"):
             train_lib.prepare_workdir(config, chief=True)
     finally:
         holder.kill()
@@ -145,7 +159,7 @@ def fake_run(workdir, **overrides):
 def test_bad_workdirs_and_overwrite_of_what_is_not_a_run_are_refused(tmp_path, faces_dataset, monkeypatch):
     def refused(workdir, message, **overrides):
         with pytest.raises(workdir_lib.WorkdirError, match=message):
-            train_lib.prepare_workdir(test_config(workdir, faces_dataset, **overrides), chief=True)
+            train_lib.prepare_workdir(config_for(workdir, faces_dataset, **overrides), chief=True)
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")
@@ -170,7 +184,7 @@ def test_bad_workdirs_and_overwrite_of_what_is_not_a_run_are_refused(tmp_path, f
     monkeypatch.chdir(run)
     refused(".", "cannot move aside the directory it runs in", overwrite=True)
     monkeypatch.chdir(tmp_path)
-    lock = train_lib.prepare_workdir(test_config("run", faces_dataset, overwrite=True), chief=True)
+    lock = train_lib.prepare_workdir(config_for("run", faces_dataset, overwrite=True), chief=True)
     lock.release()
     moved = glob.glob(str(tmp_path / "run.replaced-*"))
     assert len(moved) == 1 and os.path.exists(os.path.join(moved[0], "checkpoints", "ckpt-5.index"))
@@ -205,20 +219,17 @@ def test_a_second_signal_restores_the_default_action():
 
 # Processes: concurrent runs, Ctrl-C, kills at every kind of moment.
 
-def test_a_concurrent_training_is_refused_and_ctrl_c_saves_and_exits_130(tmp_path, faces_dataset):
+def test_a_concurrent_training_is_refused_and_ctrl_c_saves_and_exits_130(tmp_path, faces_dataset, background):
     workdir = str(tmp_path / "run")
     extra = ("--steps=100000", "--checkpoint_every=5", "--log_every=1000", "--eval_every=0", "--image_every=100000")
-    first = run_logged(train_command(workdir, faces_dataset, *extra), tmp_path / "first.log")
-    try:
-        wait_for(lambda: latest_step(workdir) is not None, first)
-        # A second training of the same workdir (the CLI prints this as one line and exits 2).
-        with pytest.raises(workdir_lib.WorkdirError, match=rf"is in use by another training \(pid {first.pid} on"):
-            train_lib.run(test_config(workdir, faces_dataset, steps=100000))
-        assert first.poll() is None                  # the first one trains on
-        first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=120) == 130
-    finally:
-        first.kill()
+    first = background(train_command(workdir, faces_dataset, *extra), tmp_path / "first.log")
+    wait_for(lambda: latest_step(workdir) is not None, first)
+    # A second training of the same workdir (the CLI prints this as one line and exits 2).
+    with pytest.raises(workdir_lib.WorkdirError, match=rf"is in use by another training \(pid {first.pid} on"):
+        train_lib.run(config_for(workdir, faces_dataset, steps=100000))
+    assert first.poll() is None                      # the first one trains on
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130
     output = (tmp_path / "first.log").read_text()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     stopped = int(re.search(r"stopped at step (\d+) on SIGINT; checkpoint saved", output).group(1))
@@ -230,14 +241,13 @@ KILL_FLAGS = ("--steps=24", "--checkpoint_every=4", "--log_every=4", "--eval_eve
               "--deterministic")
 
 
-def test_kill_battery_a_run_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path, faces_dataset):
+def test_kill_battery_a_run_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path, faces_dataset, background):
     """SIGKILL at random moments, inside a checkpoint, right after one and inside the export; each
     resume continues the data stream and the step intervals, so with --deterministic the final
     weights are bit-identical to an uninterrupted run's."""
-    code, reference = train(str(tmp_path / "reference"), faces_dataset, *KILL_FLAGS)
-    assert code == 0, reference[-3000:]
-    reference_steps = tensor_steps(str(tmp_path / "reference"))
-
+    # The uninterrupted run goes alongside (its own workdir; determinism does not depend on the load).
+    uninterrupted = background(train_command(str(tmp_path / "reference"), faces_dataset, *KILL_FLAGS),
+                               tmp_path / "reference.log")
     workdir = str(tmp_path / "killed")
     rng = random.Random(13)
     logs = []
@@ -247,13 +257,13 @@ def test_kill_battery_a_run_killed_anywhere_resumes_to_the_uninterrupted_weights
         log_path = tmp_path / f"attempt{attempt}.log"
         if fault[0] == "random":
             before = latest_step(workdir) or 0
-            process = run_logged(train_command(workdir, faces_dataset, *KILL_FLAGS), log_path)
+            process = background(train_command(workdir, faces_dataset, *KILL_FLAGS), log_path)
             wait_for(lambda: (latest_step(workdir) or 0) > before, process)
             time.sleep(rng.uniform(0.0, 1.0))
             process.send_signal(signal.SIGKILL)
         else:
             env = dict(os.environ, DCIGN_FAULT=f"{fault[0]}:{fault[1]}")
-            process = run_logged([sys.executable, "-c", FAULT_RUNNER, *train_command(workdir, faces_dataset,
+            process = background([sys.executable, "-c", FAULT_RUNNER, *train_command(workdir, faces_dataset,
                                                                                     *KILL_FLAGS)[3:]], log_path, env)
         assert process.wait(timeout=300) in (-signal.SIGKILL, 0), log_path.read_text()[-3000:]
         logs.append(log_path.read_text())
@@ -269,6 +279,9 @@ def test_kill_battery_a_run_killed_anywhere_resumes_to_the_uninterrupted_weights
 
     code, output = train(workdir, faces_dataset, *KILL_FLAGS)
     assert code == 0, output[-3000:]
+    assert uninterrupted.wait(timeout=300) == 0
+    reference = (tmp_path / "reference.log").read_text()
+    reference_steps = tensor_steps(str(tmp_path / "reference"))
     everything = "\n".join(logs + [output])
     assert "Traceback" not in everything
     assert "from a training that is no longer running" in everything   # the dead runs' locks were taken over
@@ -309,7 +322,7 @@ def fill(directory):
 
 
 def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(small_disk, faces_dataset, tmp_path,
-                                                                               caplog):
+                                                                               caplog, background):
     workdir = str(small_disk / "run")
     extra = ("--steps=100000", "--checkpoint_every=2", "--log_every=2", "--eval_every=0", "--image_every=100000")
 
@@ -322,11 +335,11 @@ def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(sma
     # Full before it starts.
     fill(small_disk)
     with pytest.raises(workdir_lib.WorkdirError, match=r"the disk is full \(.*No space left on device"):
-        train_lib.run(test_config(workdir, faces_dataset))
+        train_lib.run(config_for(workdir, faces_dataset))
     assert leftovers(workdir) == [] and not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))
     os.remove(small_disk / "filler")
     # Full while it trains: the next checkpoint, summary or export cannot be written.
-    process = run_logged(train_command(workdir, faces_dataset, *extra), tmp_path / "train.log")
+    process = background(train_command(workdir, faces_dataset, *extra), tmp_path / "train.log")
     wait_for(lambda: (latest_step(workdir) or 0) >= 4, process)
     fill(small_disk)
     assert process.wait(timeout=300) == 2
@@ -337,7 +350,7 @@ def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(sma
     # Space again: the same run resumes from the last checkpoint and finishes.
     os.remove(small_disk / "filler")
     with caplog.at_level(logging.INFO):
-        assert train_lib.run(test_config(workdir, faces_dataset, steps=saved + 2, checkpoint_every=2, log_every=2,
+        assert train_lib.run(config_for(workdir, faces_dataset, steps=saved + 2, checkpoint_every=2, log_every=2,
                                          eval_every=0, image_every=100000, progress="none")) == 0
     assert f"resumed from {workdir}/checkpoints/ckpt-{saved}" in caplog.text
     assert leftovers(workdir) == [] and export_lib.read_info(os.path.join(workdir, "export"))["step"] == saved + 2
@@ -354,7 +367,7 @@ def test_precision_changes_on_resume_and_loss_scale_skips_do_not_end_the_run_ear
         for precision, steps in [("float32", 4), ("mixed_float16", 8), ("mixed_bfloat16", 12)]:
             caplog.clear()
             with caplog.at_level(logging.INFO):
-                assert train_lib.run(test_config(workdir, faces_dataset, precision=precision, steps=steps,
+                assert train_lib.run(config_for(workdir, faces_dataset, precision=precision, steps=steps,
                                                  **common)) == 0
             assert export_lib.read_info(str(workdir / "export"))["step"] == steps
             assert latest_step(str(workdir)) == steps

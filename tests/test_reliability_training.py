@@ -311,14 +311,14 @@ def small_disk(tmp_path):
 
 
 def fill(directory):
-    """Writes {directory}/filler until the disk is full."""
-    with open(os.path.join(directory, "filler"), "wb") as file:
-        try:
+    """Writes {directory}/filler until the disk is full (a training may have filled it first)."""
+    try:
+        with open(os.path.join(directory, "filler"), "ab") as file:
             while True:
                 file.write(b"\0" * (1 << 16))
                 file.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass  # Full: even opening the file or closing it may fail.
 
 
 def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(small_disk, faces_dataset, tmp_path,
@@ -337,7 +337,7 @@ def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(sma
     with pytest.raises(workdir_lib.WorkdirError, match=r"the disk is full \(.*No space left on device"):
         train_lib.run(config_for(workdir, faces_dataset))
     assert leftovers(workdir) == [] and not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))
-    os.remove(small_disk / "filler")
+    (small_disk / "filler").unlink(missing_ok=True)
     # Full while it trains: the next checkpoint, summary or export cannot be written.
     process = background(train_command(workdir, faces_dataset, *extra), tmp_path / "train.log")
     wait_for(lambda: (latest_step(workdir) or 0) >= 4, process)
@@ -348,7 +348,7 @@ def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(sma
     assert leftovers(workdir) == [] and not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))
     saved = latest_step(workdir)
     # Space again: the same run resumes from the last checkpoint and finishes.
-    os.remove(small_disk / "filler")
+    (small_disk / "filler").unlink(missing_ok=True)
     with caplog.at_level(logging.INFO):
         assert train_lib.run(config_for(workdir, faces_dataset, steps=saved + 2, checkpoint_every=2, log_every=2,
                                          eval_every=0, image_every=100000, progress="none")) == 0

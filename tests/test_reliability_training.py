@@ -349,7 +349,7 @@ def test_a_full_disk_gets_one_line_leaves_no_temporaries_and_the_run_resumes(sma
     saved = latest_step(workdir)
     # Space again: the same run resumes from the last checkpoint and finishes.
     (small_disk / "filler").unlink(missing_ok=True)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         assert train_lib.run(config_for(workdir, faces_dataset, steps=saved + 2, checkpoint_every=2, log_every=2,
                                          eval_every=0, image_every=100000, progress="none")) == 0
     assert f"resumed from {workdir}/checkpoints/ckpt-{saved}" in caplog.text
@@ -366,7 +366,7 @@ def test_precision_changes_on_resume_and_loss_scale_skips_do_not_end_the_run_ear
     try:
         for precision, steps in [("float32", 4), ("mixed_float16", 8), ("mixed_bfloat16", 12)]:
             caplog.clear()
-            with caplog.at_level(logging.INFO):
+            with caplog.at_level(logging.INFO, logger="absl"):
                 assert train_lib.run(config_for(workdir, faces_dataset, precision=precision, steps=steps,
                                                  **common)) == 0
             assert export_lib.read_info(str(workdir / "export"))["step"] == steps

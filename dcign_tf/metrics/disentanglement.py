@@ -1,7 +1,9 @@
 """Disentanglement scores of a learned code against ground-truth factors: MIG, SAP and DCI.
 
-The definitions follow google-research/disentanglement_lib (Locatello et al. 2019); see
-``shared/reference/metrics.md``. Pure numpy / scipy / scikit-learn, no TensorFlow.
+The definitions follow google-research/disentanglement_lib (Locatello et al. 2019): its
+``disentanglement_lib/evaluation/metrics/mig.py``, ``sap_score.py`` and ``dci.py``, in the settings
+of its study configurations (``config/*/metric_configs/*.gin``). Pure numpy / scipy / scikit-learn,
+no TensorFlow.
 
 Shapes and conventions shared by every function here:
 
@@ -457,8 +459,14 @@ def dci_many(
 
     Args:
       codes_by_run: name -> ``[N, L_name]`` posterior means of the same N images.
-      factors, groups, num_train, num_test, fast, seed, num_bins: as in ``dci``; every code gets
-        the same split.
+      factors: ``[N, K]`` ground-truth factor values.
+      groups: ``[N]`` group labels; whole groups go to one split (see the module docstring), the
+        same split for every code.
+      num_train, num_test: split sizes; ``None`` takes the setting's default. When N is smaller
+        than their sum both are scaled down in the same ratio.
+      fast: the fast approximation (True) or the reference setting (False); see ``dci``.
+      seed: seeds the split and the boosted trees.
+      num_bins: classes per continuous-valued factor.
       n_jobs: boosted-tree fits (one per (code, factor)) run at once, in threads (the tree
         builder releases the GIL); joblib's convention, -1 for one per core. The fits and so the
         scores are the same whatever ``n_jobs`` is.
@@ -508,18 +516,7 @@ def dci_many(
     return results
 
 
-def dci(
-    codes,
-    factors,
-    *,
-    groups=None,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    fast: bool = False,
-    seed: int = 0,
-    num_bins: int = DEFAULT_NUM_BINS,
-    n_jobs: int = 1,
-) -> dict:
+def dci(codes, factors, **options) -> dict:
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018).
 
     As disentanglement_lib computes it: each factor is discretised (``num_bins`` classes, see the
@@ -561,21 +558,15 @@ def dci(
     Args:
       codes: ``[N, L]`` posterior means.
       factors: ``[N, K]`` ground-truth factor values.
-      groups: ``[N]`` group labels; whole groups go to one split (see the module docstring).
-      num_train, num_test: split sizes; ``None`` takes the setting's default. When N is smaller
-        than their sum both are scaled down in the same ratio.
-      fast: the fast approximation (True) or the reference setting (False).
-      seed: seeds the split and the boosted trees.
-      num_bins: classes per continuous-valued factor.
-      n_jobs: factors fitted at once (threads; joblib's convention); the result does not depend on it.
+      **options: ``dci_many``'s keyword arguments (groups, num_train, num_test, fast, seed,
+        num_bins, n_jobs).
 
     Returns:
       ``{"disentanglement": D, "completeness": C, "informativeness": I,
       "importance": [L][K] nested list of floats, "num_train": int, "num_test": int}``; a constant
       factor's column is all 0 and is left out of D, C and I.
     """
-    return dci_many({0: codes}, factors, groups=groups, num_train=num_train, num_test=num_test, fast=fast,
-                    seed=seed, num_bins=num_bins, n_jobs=n_jobs)[0]
+    return dci_many({0: codes}, factors, **options)[0]
 
 
 # ----------------------------------------------------------------------------- all together

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from dcign_tf import io_utils
 from dcign_tf.data import converters, input_pipeline, make_chairs, records
 from dcign_tf.data.records import DatasetInfo
 
@@ -113,7 +114,7 @@ def test_dataset_json_split_and_identity_table(converted):
     assert np.array_equal(make_chairs.split_chairs(7, 3, 5)["test"], sorted(splits["test"]))
     assert any(not np.array_equal(make_chairs.split_chairs(7, 3, seed)["test"], sorted(splits["test"]))
                for seed in range(6, 12))
-    assert not [name for name in os.listdir(os.path.join(converted, "train")) if records.TEMP_INFIX in name]
+    assert not [name for name in os.listdir(os.path.join(converted, "train")) if io_utils.TEMP_INFIX in name]
 
 
 def test_each_group_varies_only_its_factor_and_images_match_their_labels(converted):

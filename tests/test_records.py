@@ -90,10 +90,6 @@ def test_png_encoding_is_deterministic_and_lossless():
     np.testing.assert_array_equal(tf.io.decode_png(records.encode_png(image)).numpy()[..., 0], image)
 
 
-def test_to_uint8_rounds_and_clips():
-    np.testing.assert_array_equal(records.to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])), [0, 0, 128, 255, 255])
-
-
 def test_write_shard_is_atomic_and_replaces(tmp_path):
     path = str(tmp_path / "train" / "azimuth-00000-of-00001.tfrecord")
     records.write_shard(path, [b"first", b"second"])

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dcign_tf import io_utils
 from dcign_tf.data import input_pipeline, make_faces, records
 from dcign_tf.data.records import DatasetError
 from test_input_pipeline import write_synthetic_dataset
@@ -288,7 +289,7 @@ def remount(path, options):
 
 def temp_files(directory):
     return sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
-                  if records.TEMP_INFIX in name)
+                  if io_utils.TEMP_INFIX in name)
 
 
 def run_make_faces(data_dir, *extra):

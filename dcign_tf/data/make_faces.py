@@ -36,7 +36,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from dcign_tf import cli
+from dcign_tf import cli, io_utils
 from dcign_tf.data import face_model, records
 from dcign_tf.data.records import DatasetError, DatasetInfo
 from dcign_tf.data.renderer import render_batch
@@ -223,7 +223,7 @@ def _render_group(task: tuple[str, str, int]) -> tuple[list[bytes], np.ndarray, 
     """(split, factor, group index) -> (G PNG images, factor_values [G, F] float32, identity [G])."""
     model, config = _worker_state
     images, factor_values, identity = sample_group(model, config, *task)
-    pngs = [records.encode_png(image) for image in records.to_uint8(images)]
+    pngs = [records.encode_png(image) for image in io_utils.to_uint8(images)]
     return pngs, factor_values.astype(np.float32), identity
 
 

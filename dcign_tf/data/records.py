@@ -35,12 +35,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from dcign_tf import io_utils
+
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
 SPLITS = ("train", "test")
 SHARD_SUFFIX = ".tfrecord"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # The first 8 bytes of every PNG file.
-TEMP_INFIX = ".tmp-"  # A file being written is `{final path}.tmp-{host}-{pid}`.
 STALE_TEMP_SECONDS = 3600  # A temp file older than this was left by a killed writer (a shard takes seconds).
 
 # Feature keys of one group record.
@@ -223,11 +224,6 @@ def shard_group_range(num_groups: int, num_shards: int, index: int) -> range:
     return range(index * num_groups // num_shards, (index + 1) * num_groups // num_shards)
 
 
-def temp_path_for(path: str) -> str:
-    """`path.tmp-<host>-<pid>`: unique to this process even when pods on several hosts share the directory."""
-    return f"{path}{TEMP_INFIX}{socket.gethostname()}-{os.getpid()}"
-
-
 def remove_stale_temp_files(data_dir: str) -> list[str]:
     """Deletes the temp files that killed writers left in data_dir and its split folders; returns their paths.
 
@@ -244,10 +240,10 @@ def remove_stale_temp_files(data_dir: str) -> list[str]:
         except OSError:
             continue
         for entry in entries:
-            if TEMP_INFIX in entry:
+            if io_utils.TEMP_INFIX in entry:
                 path = os.path.join(directory, entry)
                 with contextlib.suppress(OSError):  # Gone already (another sweeper), or read-only.
-                    if _is_stale(entry.rsplit(TEMP_INFIX, 1)[1], os.path.getmtime(path)):
+                    if _is_stale(entry.rsplit(io_utils.TEMP_INFIX, 1)[1], os.path.getmtime(path)):
                         os.remove(path)
                         removed.append(path)
     return removed
@@ -280,17 +276,15 @@ def make_dirs(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _written_or_removed(path: str, temp_path: str):
-    """Turns a failure while writing `path` via `temp_path` (an OSError, or TensorFlow's error from a
-    TFRecordWriter) into a one-line DatasetError, and removes the temp file: nothing is left behind."""
+def _write_errors(path: str):
+    """Turns a failure while writing `path` (an OSError, or TensorFlow's error from a TFRecordWriter) into
+    a one-line DatasetError; io_utils.atomic_path has removed the temp file, so nothing is left behind."""
     try:
         yield
     except Exception as error:  # noqa: BLE001 - only write failures are translated, below.
         reason = (error.strerror or str(error)) if isinstance(error, OSError) else getattr(error, "message", None)
         if reason is None:
             raise
-        with contextlib.suppress(OSError):
-            os.remove(temp_path)
         raise DatasetError(_write_error_message(path, reason)) from None
 
 
@@ -304,17 +298,12 @@ def _write_error_message(path: str, reason: str) -> str:
 
 
 def write_file_atomically(path: str, data: bytes) -> None:
-    """Writes `data` to a temp file, fsyncs it and renames it onto `path`: readers see all or nothing.
+    """io_utils.write_bytes_atomic (temp file, fsync, rename): readers see all or nothing.
 
     DatasetError (one line, no temp file left) when it cannot be written.
     """
-    temp_path = temp_path_for(path)
-    with _written_or_removed(path, temp_path):
-        with open(temp_path, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, path)
+    with _write_errors(path):
+        io_utils.write_bytes_atomic(path, data)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -323,11 +312,6 @@ def encode_png(image: np.ndarray) -> bytes:
     # A 2-D uint8 array is mode "L" (8-bit grayscale).
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] -> uint8 in [0, 255], rounding to nearest."""
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def serialize_group(
@@ -365,17 +349,10 @@ def write_shard(path: str, records: Sequence[bytes]) -> None:
     import tensorflow as tf  # Lazy: see the module docstring.
 
     make_dirs(os.path.dirname(path))
-    temp_path = temp_path_for(path)
-    with _written_or_removed(path, temp_path):
+    with _write_errors(path), io_utils.atomic_path(path) as temp_path:
         with tf.io.TFRecordWriter(temp_path) as writer:
             for record in records:
                 writer.write(record)
-        descriptor = os.open(temp_path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temp_path, path)
 
 
 def write_factor_groups(data_dir: str, info: DatasetInfo, split: str, factor: str,

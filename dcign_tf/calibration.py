@@ -69,7 +69,7 @@ def fit_calibration(factor_values: Mapping[str, np.ndarray], codes: np.ndarray,
     Args:
       factor_values: factor name -> [N] true values (only factors with a numeric range).
       codes: [N, L] posterior means of the same N images.
-      factor_latents: factor name -> the latent index chosen for it (see evaluate.choose_latents).
+      factor_latents: factor name -> the latent index chosen for it (see analysis.selection.choose_latents).
 
     Returns:
       {factor: {"slope", "intercept", "latent", "r2"}}, the model_info.json "calibration" field.

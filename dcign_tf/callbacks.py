@@ -16,7 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from dcign_tf import visualize
-from dcign_tf.evaluate import training_summary
+from dcign_tf.analysis.training import training_summary
 
 
 class SummaryBuffer:
@@ -158,7 +158,7 @@ class RunLoop(keras.callbacks.Callback):
       total_steps: the step to stop at.
       evaluate: a callable returning test metrics {name: value} (or None when it gave up on a signal), or None.
       panel_images: [N, S, S, 1] test images for the reconstruction panel, or None (no images).
-      summary_batches: test batches for `evaluate.training_summary`: equivariance, invariance and
+      summary_batches: test batches for `analysis.training.training_summary`: equivariance, invariance and
         latent sweeps every `image_every` steps.
       global_batch_images: images per step, for the throughput scalar.
       stop: the process's `StopRequest`, or None.

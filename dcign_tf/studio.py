@@ -13,7 +13,7 @@ then open the printed address (http://127.0.0.1:8080/). On the page:
     and its reconstruction;
   * "face B": the identity latents are taken from face B, pose and light from face A (the swap);
   * with --baseline_workdir, the baseline's render of the same edit beside it: the baseline's latent for a
-    factor is the one `evaluate` chooses (its calibration's latent, else evaluate.choose_latents on the
+    factor is the one `evaluate` chooses (its calibration's latent, else analysis.selection.choose_latents on the
     gallery's test groups, and then a calibration fitted on them so that the same angle is asked of it);
   * downloads: the current render, and a sweep strip of any factor over its slider's range, as PNG.
 
@@ -68,6 +68,7 @@ from dcign_tf import calibration as calibration_lib
 from dcign_tf import cli
 from dcign_tf import figures
 from dcign_tf import render as render_lib
+from dcign_tf.analysis import scores, selection
 
 PROGRAM = "dcign_tf.studio"
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "studio_page.html")
@@ -148,9 +149,7 @@ class Engine:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """images [N, S, S, 1] -> posterior means [N, L] float32."""
-        from dcign_tf import evaluate
-
-        return evaluate.encode_means(self.model, images)
+        return scores.encode_means(self.model, images)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """codes [N, L] -> images [N, S, S] float32 in [0, 1]."""
@@ -167,18 +166,16 @@ def make_targets(info: Mapping, layout: Mapping[str, Sequence[int]], sample, cod
     """Scene factor -> Target for one run, and notes for the page.
 
     The export's calibration when it has one (render.resolve_targets). Otherwise the latent evaluate
-    would choose (evaluate.choose_latents on the test sample's groups; a one-latent DC-IGN layout needs
+    would choose (selection.choose_latents on the test sample's groups; a one-latent DC-IGN layout needs
     no data), as raw latent values, or -- with `fit_calibration` -- with a line fitted on the sample
     (calibration.fit_calibration), which is what evaluate would store.
     """
     names = [factor["name"] for factor in scene_factors(info)]
     if info.get("calibration"):
         return render_lib.resolve_targets(names, info)
-    from dcign_tf import evaluate
-
     mode = str(info.get("mode", "dcign"))
     if sample is not None and codes is not None:
-        chosen = evaluate.choose_latents(codes, sample.groups, layout, mode)
+        chosen = selection.choose_latents(codes, sample.groups, layout, mode)
     else:
         chosen = {name: int(indices[0]) for name, indices in layout.items() if mode == "dcign" and len(indices) == 1}
     missing = [name for name in names if name not in chosen]
@@ -323,30 +320,28 @@ class Studio:
 
     @staticmethod
     def _user_message(error: Exception) -> str:
-        from dcign_tf import evaluate
         from dcign_tf import export as export_lib
         from dcign_tf.data import records
 
-        known = (StudioError, render_lib.RenderError, evaluate.EvaluationError, export_lib.ExportError,
+        known = (StudioError, render_lib.RenderError, selection.EvaluationError, export_lib.ExportError,
                  records.DatasetError, calibration_lib.CalibrationError)
         return str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
 
     def _load(self) -> None:
         export_dir = render_lib.resolve_export(self.export_arg, self.workdir)
         info = render_lib.read_info(export_dir)
-        from dcign_tf import evaluate
         from dcign_tf import export as export_lib  # TensorFlow loads here.
 
-        run = evaluate.RunSpec(workdir=self.workdir or export_dir, export_dir=export_dir, info=info)
+        run = selection.RunSpec(workdir=self.workdir or export_dir, export_dir=export_dir, info=info)
         model, _ = export_lib.load_model(export_dir)
         if model.config.image_size != int(info["image_size"]):
             raise StudioError(f"{export_dir}: the model takes {model.config.image_size}x{model.config.image_size} "
                               f"images but model_info.json says {info['image_size']}; re-export the run")
         self.image_size = int(info["image_size"])
-        self.sample = self._load_sample(evaluate, run, model)
+        self.sample = self._load_sample(run, model)
         codes = None
         if self.sample is not None:
-            codes = evaluate.encode_means(model, self.sample.images)
+            codes = scores.encode_means(model, self.sample.images)
         main = self._engine(MAIN, export_dir, info, model, codes, fit_calibration=False)
         self.sliders = make_sliders(info, main.targets, codes)
         if not any(slider.target.calibrated for slider in self.sliders):
@@ -355,26 +350,26 @@ class Studio:
         self.engines[MAIN] = main
         if self.baseline_workdir:
             try:
-                self._load_baseline(evaluate, export_lib, run)
+                self._load_baseline(export_lib, run)
             except Exception as error:  # noqa: BLE001 - the main run still works
                 self.engines.pop(BASELINE, None)
                 self._message("error", f"baseline not shown: {self._user_message(error)}")
 
-    def _load_sample(self, evaluate, run, model):
+    def _load_sample(self, run, model):
         """The test sample for the gallery, or None (with a message) when there is no readable dataset."""
         from dcign_tf.data import records
 
         try:
-            data_dir = evaluate.resolve_data_dir(run, self.data_dir_arg)
+            data_dir = selection.resolve_data_dir(run, self.data_dir_arg)
             dataset = records.DatasetInfo.load(data_dir)
-        except (evaluate.EvaluationError, records.DatasetError) as error:
+        except (selection.EvaluationError, records.DatasetError) as error:
             self._message("note", f"no gallery of test faces ({error}); uploads work without one")
             return None
         try:
-            evaluate.check_compatible(run, dataset, data_dir)
-            sample = evaluate.load_test_sample(data_dir, dataset, self.gallery_groups)
-            evaluate.check_model(model, sample, run.export_dir)
-        except (evaluate.EvaluationError, records.DatasetError) as error:
+            selection.check_compatible(run, dataset, data_dir)
+            sample = selection.load_test_sample(data_dir, dataset, self.gallery_groups)
+            selection.check_model(model, sample, run.export_dir)
+        except (selection.EvaluationError, records.DatasetError) as error:
             self._message("error", f"the export does not match its data: {error}; the gallery is off, uploads "
                                    "still work")
             return None
@@ -383,30 +378,28 @@ class Studio:
         return sample
 
     def _engine(self, label, export_dir, info, model, codes, fit_calibration) -> Engine:
-        from dcign_tf import evaluate
-
         layout = {name: tuple(indices) for name, indices in model.layout.factor_latents.items()}
         targets, notes = make_targets(info, layout, self.sample, codes, fit_calibration)
         for note in notes:
             self._message("note", ("" if label == MAIN else f"{label}: ") + note.removeprefix("note: "))
         scene = [factor["name"] for factor in scene_factors(info)]
         chosen = {name: target.latent for name, target in targets.items()}
-        own = evaluate.own_latents(layout, str(info.get("mode", "dcign")), chosen, scene, int(info["num_latents"]))
+        own = selection.own_latents(layout, str(info.get("mode", "dcign")), chosen, scene, int(info["num_latents"]))
         identity = tuple(sorted({latent for name, latents in own.items() if name not in scene for latent in latents}))
         if not identity:
             raise StudioError(f"{export_dir}: the latent layout gives no latent to identity, so nothing can be swapped")
         return Engine(label, export_dir, info, model, identity, targets, codes)
 
-    def _load_baseline(self, evaluate, export_lib, run) -> None:
-        baseline_run = evaluate.resolve_run(self.baseline_workdir, "baseline_workdir")
+    def _load_baseline(self, export_lib, run) -> None:
+        baseline_run = selection.resolve_run(self.baseline_workdir, "baseline_workdir")
         if os.path.realpath(baseline_run.workdir) == os.path.realpath(run.workdir):
             raise StudioError("--baseline_workdir is the same run as --workdir")
-        evaluate.check_baseline(run, baseline_run)
+        selection.check_baseline(run, baseline_run)
         model, _ = export_lib.load_model(baseline_run.export_dir)
         if model.config.image_size != self.image_size:
             raise StudioError(f"the baseline takes {model.config.image_size}x{model.config.image_size} images, the "
                               f"run {self.image_size}x{self.image_size}")
-        codes = evaluate.encode_means(model, self.sample.images) if self.sample is not None else None
+        codes = scores.encode_means(model, self.sample.images) if self.sample is not None else None
         main_calibrated = any(slider.target.calibrated for slider in self.sliders)
         engine = self._engine(BASELINE, baseline_run.export_dir, dict(baseline_run.info), model, codes,
                               fit_calibration=main_calibrated)

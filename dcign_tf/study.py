@@ -75,6 +75,9 @@ from absl import flags
 from dcign_tf import cli
 from dcign_tf import config as config_lib
 from dcign_tf import evaluate as evaluate_lib
+from dcign_tf.analysis import evaluation as evaluation_lib
+from dcign_tf.analysis import report as report_lib
+from dcign_tf.analysis import selection as selection_lib
 from dcign_tf import export as export_lib
 from dcign_tf import workdir as workdir_lib
 from dcign_tf.data import records
@@ -256,8 +259,8 @@ def parse_eval_flags(text: str) -> tuple[tuple[str, ...], dict]:
         raise StudyError(f"--eval_flags: {' '.join(str(error).split())}") from None
     if len(rest) > 1:
         raise StudyError(f"--eval_flags: unexpected arguments {rest[1:]}; flags take the form --name=value")
-    settings = evaluate_lib.Settings(**{field.name: flag_values[field.name].value
-                                        for field in dataclasses.fields(evaluate_lib.Settings)})
+    settings = evaluation_lib.Settings(**{field.name: flag_values[field.name].value
+                                        for field in dataclasses.fields(evaluation_lib.Settings)})
     return tokens, json.loads(json.dumps(dataclasses.asdict(settings)))
 
 
@@ -408,7 +411,7 @@ def read_run_summary(directory: str, run: Run, study: Study) -> tuple[dict, dict
     run with another training config."""
     flags_path = os.path.join(directory, FLAGS_FILE)
     facts = _read_json(os.path.join(directory, RUN_FILE), None)
-    metrics = _read_json(os.path.join(directory, evaluate_lib.METRICS_FILE), None)
+    metrics = _read_json(os.path.join(directory, report_lib.METRICS_FILE), None)
     if facts is None or metrics is None or not os.path.exists(flags_path):
         return None
     check_same_config(run, flags_path, directory)
@@ -462,8 +465,8 @@ def write_run_summary(run: Run, study: Study, seconds: Mapping[str, float | None
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
     shutil.copyfile(os.path.join(run.dir, FLAGS_FILE), os.path.join(temporary, FLAGS_FILE))
-    shutil.copyfile(os.path.join(run.dir, evaluate_lib.EVAL_DIR, evaluate_lib.METRICS_FILE),
-                    os.path.join(temporary, evaluate_lib.METRICS_FILE))
+    shutil.copyfile(os.path.join(run.dir, report_lib.EVAL_DIR, report_lib.METRICS_FILE),
+                    os.path.join(temporary, report_lib.METRICS_FILE))
     export_lib.write_json_atomic(os.path.join(temporary, RUN_FILE), {
         "study": study.name, "cell": run.cell.name, "cell_flags": list(run.cell.flags), "seed": run.seed,
         "step": export_step(run.dir), "evaluation": study.evaluation(run),
@@ -521,7 +524,7 @@ def summarize(study: Study, source: str, headline: Sequence[str]) -> dict:
                 continue
             facts, metrics = found
             steps[str(run.seed)] = facts["step"]
-            for key, value in with_absolute_correlations(evaluate_lib.flatten(metrics)).items():
+            for key, value in with_absolute_correlations(report_lib.flatten(metrics)).items():
                 if math.isfinite(value):
                     per_key.setdefault(key, {})[run.seed] = value
         cells[cell.name] = {"flags": cell.flags_text, "seeds": [int(seed) for seed in steps], "steps": steps,
@@ -541,7 +544,7 @@ def headline_values(cell_summary: Mapping, key: str) -> dict | None:
     """A headline metric's statistics for a cell: KEY, or KEY/dcign for a run scored against a baseline
     (its novel-view numbers are {"dcign": ..., "baseline": ...})."""
     metrics = cell_summary["metrics"]
-    return metrics.get(key) or metrics.get(f"{key}/{evaluate_lib.MAIN_LABEL}")
+    return metrics.get(key) or metrics.get(f"{key}/{report_lib.MAIN_LABEL}")
 
 
 def _number(value: float | None) -> str:
@@ -598,7 +601,7 @@ def summary_markdown(summary: Mapping, figure_name: str | None) -> str:
             lines.append(f"| `{key}` | `{name}` | " + " | ".join(_number(per_seed.get(str(s)))
                                                                  for s in definition["seeds"]) + " |")
     scored = sorted({key for cell in cells.values() for key in cell["metrics"]
-                     if key.split("/", 1)[0] in evaluate_lib.SCORED_SECTIONS})
+                     if key.split("/", 1)[0] in report_lib.SCORED_SECTIONS})
     lines += ["", "## Every score", "", "| metric | " + " | ".join(f"`{n}`" for n in cells) + " |",
               "|---|" + "---|" * len(cells)]
     for key in scored:
@@ -856,7 +859,7 @@ class Runner:
             progress.failure = "stopped"
             return
         problem = None
-        metrics_path = os.path.join(run.dir, evaluate_lib.EVAL_DIR, evaluate_lib.METRICS_FILE)
+        metrics_path = os.path.join(run.dir, report_lib.EVAL_DIR, report_lib.METRICS_FILE)
         if code != 0:
             problem = f"{task.stage} exited {code}: {_last_line(task.log_path)}"
         elif task.stage == "evaluate" and not (os.path.exists(metrics_path)
@@ -1082,7 +1085,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def user_error_types() -> tuple[type, ...]:
-    return (StudyError, config_lib.ConfigError, evaluate_lib.EvaluationError)
+    return (StudyError, config_lib.ConfigError, selection_lib.EvaluationError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""dcign_tf.evaluate: the metric wiring on constructed latents with known answers, the calibration,
-a whole evaluation of tiny exported runs (metrics.json, figures, TensorBoard events), and bad input."""
+"""dcign_tf.evaluate and dcign_tf.analysis: the metric wiring on constructed latents with known answers, the
+calibration, a whole evaluation of tiny exported runs (metrics.json, figures, TensorBoard events), and bad input."""
 
 import json
 import os
@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from dcign_tf import calibration as calibration_lib
 from dcign_tf import evaluate
+from dcign_tf.analysis import evaluation, report, scores, selection, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACTORS = ("azimuth", "elevation", "light", "identity")
@@ -58,7 +59,7 @@ def runs(tmp_path_factory, faces_dataset):
 def grouped_sample(codes_per_group, values_per_group, group_factors, scene=SCENE):
     """A TestSample of tiny 4x4 'images' around given codes [g, G, L] and factor values [g, G, F]."""
     images = [np.zeros((len(codes), 4, 4, 1), np.float32) for codes in codes_per_group]
-    return evaluate.sample_from_groups(images, list(values_per_group), list(group_factors), FACTORS, scene)
+    return selection.sample_from_groups(images, list(values_per_group), list(group_factors), FACTORS, scene)
 
 
 def structured_codes(rng, groups_per_factor=5, group_size=6):
@@ -92,45 +93,45 @@ def test_latent_choice_follows_layout_or_within_group_variance():
     # DC-IGN, one latent per scene factor: the layout's latent, even where another varies more.
     swapped = codes.copy()
     swapped[:, [0, 1]] = swapped[:, [1, 0]]
-    assert evaluate.choose_latents(swapped, sample.groups, LAYOUT, "dcign")["azimuth"] == 0
+    assert selection.choose_latents(swapped, sample.groups, LAYOUT, "dcign")["azimuth"] == 0
     # Several latents (identity): its most variable one within identity groups.
     identity_heavy = codes.copy()
     identity_heavy[:, 4] *= 10.0
-    assert evaluate.choose_latents(identity_heavy, sample.groups, LAYOUT, "dcign")["identity"] == 4
+    assert selection.choose_latents(identity_heavy, sample.groups, LAYOUT, "dcign")["identity"] == 4
     # Baseline: every latent is a candidate; each scene factor's own latent varies most in its groups.
     permutation = [4, 2, 5, 0, 1, 3]  # new column k holds old latent permutation[k]
-    chosen = evaluate.choose_latents(codes[:, permutation], sample.groups, LAYOUT, "baseline")
+    chosen = selection.choose_latents(codes[:, permutation], sample.groups, LAYOUT, "baseline")
     assert [chosen[f] for f in SCENE] == [permutation.index(0), permutation.index(1), permutation.index(2)]
-    variance = evaluate.within_group_variance(codes, sample.groups["azimuth"])
+    variance = selection.within_group_variance(codes, sample.groups["azimuth"])
     assert variance[0] > 0 and np.allclose(variance[1:], 0)
 
 
 def test_own_latents_for_dcign_and_baseline():
     chosen = {"azimuth": 4, "elevation": 1, "light": 0, "identity": 2}
-    assert evaluate.own_latents(LAYOUT, "dcign", chosen, SCENE, 6) == {
+    assert selection.own_latents(LAYOUT, "dcign", chosen, SCENE, 6) == {
         "azimuth": (0,), "elevation": (1,), "light": (2,), "identity": (3, 4, 5)}
-    assert evaluate.own_latents(LAYOUT, "baseline", chosen, SCENE, 6) == {
+    assert selection.own_latents(LAYOUT, "baseline", chosen, SCENE, 6) == {
         "azimuth": (4,), "elevation": (1,), "light": (0,), "identity": (2, 3, 5)}
 
 
 def test_invariance_and_equivariance_wiring_on_a_perfect_code():
     rng = np.random.default_rng(1)
     codes, sample = structured_codes(rng)
-    chosen = evaluate.choose_latents(codes, sample.groups, LAYOUT, "dcign")
-    own = evaluate.own_latents(LAYOUT, "dcign", chosen, SCENE, 6)
+    chosen = selection.choose_latents(codes, sample.groups, LAYOUT, "dcign")
+    own = selection.own_latents(LAYOUT, "dcign", chosen, SCENE, 6)
     # The other factors' latents never move within a group: perfect invariance.
-    assert evaluate.invariance_scores(codes, sample, own) == pytest.approx(dict.fromkeys(FACTORS, 0.0), abs=1e-12)
-    scores = evaluate.equivariance_scores(codes, sample, chosen)
+    assert scores.invariance_scores(codes, sample, own) == pytest.approx(dict.fromkeys(FACTORS, 0.0), abs=1e-12)
+    equivariance = scores.equivariance_scores(codes, sample, chosen)
     for factor in SCENE:
-        assert scores[factor]["pearson"] == pytest.approx(1.0)
-        assert scores[factor]["r2"] == pytest.approx(1.0)
+        assert equivariance[factor]["pearson"] == pytest.approx(1.0)
+        assert equivariance[factor]["r2"] == pytest.approx(1.0)
     # Mix the azimuth signal into the elevation latent: azimuth groups now move another factor's latent.
     leaky = codes.copy()
     leaky[:, 1] += codes[:, 0]
-    assert evaluate.invariance_scores(leaky, sample, own)["azimuth"] > 0.1
-    assert evaluate.invariance_scores(leaky, sample, own)["light"] == pytest.approx(0.0, abs=1e-12)
+    assert scores.invariance_scores(leaky, sample, own)["azimuth"] > 0.1
+    assert scores.invariance_scores(leaky, sample, own)["light"] == pytest.approx(0.0, abs=1e-12)
     # The wrong latent for light (elevation's) does not track light.
-    assert abs(evaluate.equivariance_scores(codes, sample, {**chosen, "light": 1})["light"]["pearson"]) < 0.5
+    assert abs(scores.equivariance_scores(codes, sample, {**chosen, "light": 1})["light"]["pearson"]) < 0.5
 
 
 class LinearRenderer:
@@ -150,13 +151,13 @@ def test_novel_view_with_an_exact_decoder_is_zero():
     renderer = LinearRenderer(codes.shape[1], 5)
     images = renderer.decode(codes)
     for factor in SCENE:
-        pairs = evaluate.novel_view_pairs(sample.groups[factor], 4, seed=3)
-        mse, rendered = evaluate.novel_view(renderer.decode, codes, images, pairs, LAYOUT[factor])
+        pairs = selection.novel_view_pairs(sample.groups[factor], 4, seed=3)
+        mse, rendered = scores.novel_view(renderer.decode, codes, images, pairs, LAYOUT[factor])
         assert mse == pytest.approx(0.0, abs=1e-12)  # float32 rounding only
         assert rendered.shape == (len(pairs), 5, 5, 1)
         # Swapping another factor's latent leaves the input's pose: the target is missed.
         wrong = next(f for f in SCENE if f != factor)
-        assert evaluate.novel_view(renderer.decode, codes, images, pairs, LAYOUT[wrong])[0] > 1e-4
+        assert scores.novel_view(renderer.decode, codes, images, pairs, LAYOUT[wrong])[0] > 1e-4
 
 
 def test_identity_retention_is_one_for_an_exact_renderer_and_zero_for_a_stranger():
@@ -167,9 +168,9 @@ def test_identity_retention_is_one_for_an_exact_renderer_and_zero_for_a_stranger
     codes, sample = structured_codes(rng, groups_per_factor=100)
     renderer = LinearRenderer(codes.shape[1], 5)
     sample.images = renderer.decode(codes).astype(np.float32)
-    view_groups = evaluate.same_view_groups(sample)
+    view_groups = selection.same_view_groups(sample)
     np.testing.assert_array_equal(view_groups, sample.groups["identity"])
-    references = evaluate.stranger_references(sample.images, view_groups)
+    references = scores.stranger_references(sample.images, view_groups)
     assert references["stranger_pairs"] == 100 * 15
     stranger = references["stranger_mse"]
 
@@ -183,15 +184,15 @@ def test_identity_retention_is_one_for_an_exact_renderer_and_zero_for_a_stranger
     expected = {"exact": (1.0, 1e-9), "another person at that view": (0.0, 0.15),
                 "the mean face at that view": (0.5, 0.1)}
     for factor in SCENE:
-        pairs = evaluate.novel_view_pairs(sample.groups[factor], 10, seed=3)
+        pairs = selection.novel_view_pairs(sample.groups[factor], 10, seed=3)
         for name, decode in decoders.items():
-            mse = evaluate.novel_view(decode, codes, sample.images, pairs, LAYOUT[factor])[0]
+            mse = scores.novel_view(decode, codes, sample.images, pairs, LAYOUT[factor])[0]
             target, tolerance = expected[name]
-            assert evaluate.identity_retention(mse, stranger) == pytest.approx(target, abs=tolerance), (factor, name)
+            assert scores.identity_retention(mse, stranger) == pytest.approx(target, abs=tolerance), (factor, name)
     # The data's own mean-face reference: the mean of the other 5 people at the view, (G - 2) / (2 (G - 1)).
     assert references["mean_face_retention"] == pytest.approx(4 / 10)
     assert references["mean_face_mse"] == pytest.approx(stranger * 6 / 10)
-    assert np.isnan(evaluate.identity_retention(0.1, float("nan")))
+    assert np.isnan(scores.identity_retention(0.1, float("nan")))
 
 
 def test_same_view_groups_skip_groups_whose_view_changes():
@@ -199,19 +200,19 @@ def test_same_view_groups_skip_groups_whose_view_changes():
     _, sample = structured_codes(rng)
     first = sample.groups["identity"][0]
     sample.factor_values[first[1], 0] += 0.1  # one image of the first identity group turned
-    found = evaluate.same_view_groups(sample)
+    found = selection.same_view_groups(sample)
     assert len(found) == len(sample.groups["identity"]) - 1 and first[0] not in found
-    references = evaluate.stranger_references(sample.images, np.zeros((0, 0), np.int64))
+    references = scores.stranger_references(sample.images, np.zeros((0, 0), np.int64))
     assert references["stranger_pairs"] == 0 and np.isnan(references["stranger_mse"])
 
 
 def test_kl_per_latent_and_its_summary():
     means = np.array([[0.0, 1.0, 2.0], [0.0, -1.0, 0.0]])
     log_variances = np.array([[0.0, 0.0, np.log(0.5)], [0.0, 0.0, np.log(0.5)]])
-    kl = evaluate.kl_per_latent(means, log_variances)
+    kl = scores.kl_per_latent(means, log_variances)
     # (mu^2 + sigma^2 - 1 - log sigma^2) / 2, averaged over the two images.
     np.testing.assert_allclose(kl, [0.0, 0.5, (2.0**2 + 2 * (0.5 - 1 - np.log(0.5))) / 4])
-    summary = evaluate.kl_summary(kl, {"azimuth": (0,), "identity": (1, 2)})
+    summary = scores.kl_summary(kl, {"azimuth": (0,), "identity": (1, 2)})
     assert summary["total"] == pytest.approx(kl.sum())
     assert summary["active_latents"] == 2
     assert summary["by_factor"] == {"azimuth": 0.0, "identity": pytest.approx(kl[1] + kl[2])}
@@ -228,14 +229,14 @@ def test_group_ids_number_every_group_once():
 
 def test_novel_view_pairs_are_distinct_pairs_within_groups_and_reproducible():
     groups = np.arange(30).reshape(5, 6)
-    pairs = evaluate.novel_view_pairs(groups, 4, seed=7)
+    pairs = selection.novel_view_pairs(groups, 4, seed=7)
     assert pairs.shape == (20, 2)
     assert np.all(pairs[:, 0] != pairs[:, 1])
     assert np.all(pairs[:, 0] // 6 == pairs[:, 1] // 6)
     assert len({tuple(pair) for pair in pairs}) == 20
-    np.testing.assert_array_equal(pairs, evaluate.novel_view_pairs(groups, 4, seed=7))
+    np.testing.assert_array_equal(pairs, selection.novel_view_pairs(groups, 4, seed=7))
     # A group of 2 has only 2 ordered pairs.
-    assert len(evaluate.novel_view_pairs(np.arange(4).reshape(2, 2), 5, seed=0)) == 4
+    assert len(selection.novel_view_pairs(np.arange(4).reshape(2, 2), 5, seed=0)) == 4
 
 
 def test_calibration_recovers_a_known_line_and_round_trips():
@@ -275,8 +276,8 @@ def all_numbers(tree):
 
 def check_run_metrics(metrics, novel_view_is_pair):
     assert set(metrics["equivariance"]) == set(SCENE)
-    for scores in metrics["equivariance"].values():
-        assert set(scores) == {"pearson", "spearman", "r2"}
+    for factor_scores in metrics["equivariance"].values():
+        assert set(factor_scores) == {"pearson", "spearman", "r2"}
     assert set(metrics["invariance"]) == set(FACTORS)
     assert set(metrics["novel_view_mse"]) == set(SCENE)
     for value in metrics["novel_view_mse"].values():
@@ -372,13 +373,13 @@ def test_nocalibrate_leaves_the_export_alone_metrics_are_reproducible_and_reruns
     with writer.as_default():
         tf.summary.scalar("test_mse", 0.5, step=7)
     writer.close()
-    stale = os.path.join(eval_dir, evaluate.STAGING_PREFIX + "99999")
+    stale = os.path.join(eval_dir, report.STAGING_PREFIX + "99999")
     os.makedirs(stale)
     os.utime(stale, (0, 0))
     before = open(os.path.join(run, "export", "model_info.json"), "rb").read()
-    settings = evaluate.Settings(groups_per_factor=1, calibrate=False, sweep_images=2, sweep_steps=3)
-    first = evaluate.evaluate(run, settings=settings, log=lambda line: None)
-    second = evaluate.evaluate(run, settings=settings, log=lambda line: None)
+    settings = evaluation.Settings(groups_per_factor=1, calibrate=False, sweep_images=2, sweep_steps=3)
+    first = evaluation.evaluate(run, settings=settings, log=lambda line: None)
+    second = evaluation.evaluate(run, settings=settings, log=lambda line: None)
     assert open(os.path.join(run, "export", "model_info.json"), "rb").read() == before
     assert first["test_images"] == 16
     assert all(isinstance(value, float) for value in first["novel_view_mse"].values())
@@ -387,7 +388,7 @@ def test_nocalibrate_leaves_the_export_alone_metrics_are_reproducible_and_reruns
         assert first[key] == second[key], key
     # One event file; the other step's point kept, this step's once despite two evaluations.
     assert len([name for name in os.listdir(eval_dir) if "tfevents" in name]) == 1
-    assert not [name for name in os.listdir(eval_dir) if name.startswith(evaluate.STAGING_PREFIX)]
+    assert not [name for name in os.listdir(eval_dir) if name.startswith(report.STAGING_PREFIX)]
     assert event_steps(eval_dir, "test_mse") == [7, 20]
     assert event_steps(eval_dir, "figures/sweep_azimuth") == [20]
     assert event_steps(eval_dir, "kl/total") == [20]
@@ -403,7 +404,7 @@ def test_training_summary_gives_scalars_and_sweep_grids(runs, faces_dataset):
     model, _ = export_lib.load_model(os.path.join(runs["dcign"], "export"))
     batches = list(input_pipeline.make_dataset(faces_dataset, "test", 2, shuffle=False, repeat=False,
                                                deterministic=True))
-    scalars, images = evaluate.training_summary(model, batches, max_images=32, sweep_images=3, sweep_steps=5)
+    scalars, images = training.training_summary(model, batches, max_images=32, sweep_images=3, sweep_steps=5)
     assert set(scalars) >= {f"equivariance/{f}/{k}" for f in SCENE for k in ("pearson", "spearman", "r2")}
     assert all(isinstance(value, float) for value in scalars.values())
     assert {f"identity_retention/{f}" for f in SCENE} | {"identity_retention/reconstruction", "stranger_mse",

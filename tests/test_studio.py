@@ -131,7 +131,7 @@ def test_swap_takes_identity_from_face_b_and_the_rest_from_face_a(served):
     swapped = post(url, "/api/render", {"a": "gallery:0", "b": "gallery:5"})[1]["main"]
     expected = main.decode(code[None])[0]
     np.testing.assert_array_equal(pixels(swapped), np.clip(np.rint(expected * 255), 0, 255).astype(np.uint8))
-    # The baseline's identity is every latent not chosen for a scene factor (evaluate.own_latents).
+    # The baseline's identity is every latent not chosen for a scene factor (analysis.selection.own_latents).
     baseline = studio.engines["baseline"]
     chosen = {target.latent for target in baseline.targets.values()}
     assert set(baseline.identity_latents) == set(range(8)) - chosen  # two factors may share one latent

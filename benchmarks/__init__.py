@@ -1,1 +1,3 @@
-"""Benchmark references (not installed with the package): see dcign_tf.bench."""
+"""Benchmarks of dcign_tf, not installed with the package; run them from the repository root as
+`python -m benchmarks.<name>`: bench (the report, one module per section in benchmarks/sections/), render_speed,
+deterministic_cost; torch_reference is the PyTorch network the bench compares with."""

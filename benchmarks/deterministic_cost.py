@@ -1,6 +1,6 @@
 """What `--deterministic` costs: the quickstart's training speed with and without it, as a ratio.
 
-    python benchmarks/deterministic_cost.py --data_dir=data/faces_small [--steps=120 --rounds=2]
+    python -m benchmarks.deterministic_cost --data_dir=data/faces_small [--steps=120 --rounds=2]   # repo root
 
 Runs `dcign_tf.train --flagfile=configs/faces_small.flags` for `--steps` steps, alternating without and
 with --deterministic (`rounds` times each, in fresh workdirs), and compares the images per second
@@ -10,7 +10,6 @@ deterministic runs of a round end with the same weights. Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -18,15 +17,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Sequence
 
-import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
+from absl import flags
 
+from dcign_tf import cli
+
+PROGRAM = "benchmarks.deterministic_cost"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def steady_rate(workdir: str) -> float:
     """Mean of train/images_per_second over the run's log intervals but the first."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
     accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, "train"),
                                                      size_guidance={event_accumulator.TENSORS: 0})
     accumulator.Reload()
@@ -47,19 +52,27 @@ def train(workdir: str, data_dir: str, steps: int, deterministic: bool) -> tuple
     return steady_rate(workdir), fingerprint
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default="data/faces_small", help="a 64x64 dataset with groups of 20")
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("data_dir", "data/faces_small", "A 64x64 faces dataset with groups of 20 (made by "
+                        "python -m dcign_tf.train --flagfile=configs/faces_small.flags).", flag_values=flag_values)
+    flags.DEFINE_integer("steps", 120, "Training steps per run.", flag_values=flag_values)
+    flags.DEFINE_integer("rounds", 2, "Rounds of four runs (two per mode).", flag_values=flag_values)
+
+
+def body(flag_values: flags.FlagValues) -> None:
+    if not os.path.exists(os.path.join(flag_values.data_dir, "dataset.json")):
+        raise cli.UsageError(f"--data_dir={flag_values.data_dir} holds no dataset (no dataset.json); make it with "
+                             "python -m dcign_tf.train --flagfile=configs/faces_small.flags or pass another")
+    if flag_values.steps < 20 or flag_values.rounds < 1:
+        raise cli.UsageError("--steps must be at least 20 (two log intervals after the first) and --rounds positive")
+    data_dir = os.path.abspath(flag_values.data_dir)  # the runs start in the repository root
     rates = {False: [], True: []}
     fingerprints = {False: [], True: []}
     with tempfile.TemporaryDirectory() as scratch:
-        for round_ in range(args.rounds):
+        for round_ in range(flag_values.rounds):
             for deterministic in (False, True, True, False) if round_ % 2 else (True, False, False, True):
                 workdir = os.path.join(scratch, f"run{len(rates[False]) + len(rates[True])}")
-                rate, fingerprint = train(workdir, args.data_dir, args.steps, deterministic)
+                rate, fingerprint = train(workdir, data_dir, flag_values.steps, deterministic)
                 rates[deterministic].append(rate)
                 fingerprints[deterministic].append(fingerprint)
     report = {
@@ -68,10 +81,15 @@ def main() -> None:
         "ratio_deterministic_over_default": statistics.median(rates[True]) / statistics.median(rates[False]),
         "deterministic_runs_identical": len(set(fingerprints[True])) == 1,
         "default_runs_identical": len(set(fingerprints[False])) == 1,
-        "runs_per_mode": len(rates[True]), "steps": args.steps,
+        "runs_per_mode": len(rates[True]), "steps": flag_values.steps,
     }
     print(json.dumps(report))
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the comparison on argv (the program name first; None: sys.argv); returns the exit status."""
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, lambda: ())
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

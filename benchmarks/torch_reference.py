@@ -1,4 +1,4 @@
-"""DC-IGN in PyTorch, written the way a PyTorch user would: the reference for `dcign_tf.bench`.
+"""DC-IGN in PyTorch, written the way a PyTorch user would: the reference for `benchmarks.bench`.
 
 The same network as `dcign_tf.model` (Kulkarni et al. 2015):
   encoder: three 5x5 convolutions (96, 48, 24 maps), each followed by 2x2 max-pooling and a ReLU,
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # The layer geometry is shared with the Keras model, so both networks have the same shapes.
-from dcign_tf.model import ModelConfig, decoder_start_size, encoder_output_size
+from dcign_tf.config import ModelConfig, encoder_output_size
+from dcign_tf.model import decoder_start_size
 
 ENCODER_KERNEL = 5
 DECODER_KERNEL = 7
@@ -249,7 +250,7 @@ def from_keras(keras_model) -> DCIGN:
     config = keras_model.config
     model = DCIGN(keras_model.active_masks.numpy(), image_size=config.image_size, num_latents=config.num_latents,
                   encoder_filters=config.encoder_filters, decoder_filters=config.decoder_filters,
-                  encoder_padding=config.encoder_padding, mode=keras_model.mode,
-                  invariance_weight=keras_model.invariance_weight, kl_weight=keras_model.kl_weight)
+                  encoder_padding=config.encoder_padding, mode=config.mode,
+                  invariance_weight=config.invariance_weight, kl_weight=config.kl_weight)
     load_keras_weights(model, keras_model)
     return model

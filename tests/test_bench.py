@@ -1,4 +1,5 @@
-"""The benchmark's report (a smoke run at --size=tiny) and the honesty of its PyTorch comparison.
+"""The benchmark's report (a smoke run of `python -m benchmarks.bench --size=tiny` from the repository root, as a
+fresh clone runs it) and the honesty of its PyTorch comparison.
 
 No timed assertions: the machine may be shared. The smoke test checks the report's shape and arithmetic;
 the equivalence tests check that the PyTorch reference computes the Keras network's function and
@@ -13,8 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
-from dcign_tf import bench
+from benchmarks import bench
+from benchmarks.harness import FACTORS, LAYOUT
+from benchmarks.sections.torch_comparison import import_torch_reference
+from benchmarks.timing import comparison
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Numbers that may legitimately be zero or absent-as-null.
@@ -26,7 +31,7 @@ NULLABLE = {"dataset_generation_s", "steps_peak_rss_mib", "data_dir"}
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    completed = subprocess.run([sys.executable, "-m", "dcign_tf.bench", "--size=tiny", f"--out={out}", "--markdown"],
+    completed = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--size=tiny", f"--out={out}", "--markdown"],
                                capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert completed.returncode == 0, completed.stderr[-4000:]
     with open(out, encoding="utf-8") as file:
@@ -84,6 +89,8 @@ def test_tiny_report_has_every_section_with_consistent_numbers(tiny_report):
                 if "target" in entry:
                     rate = entry["images_per_s"]
                     assert entry["met"] == (rate >= entry["target"]), (section, name)
+                if "target_ms" in entry:  # an upper bound
+                    assert entry["met"] == (entry["ms_per_render"] <= entry["target_ms"]), (section, name)
             for entry in result["comparisons"]:
                 assert entry["ratio"] == pytest.approx(entry["numerator_value"] / entry["denominator_value"],
                                                        rel=1e-12), (section, entry["name"])
@@ -100,6 +107,12 @@ def test_tiny_report_has_every_section_with_consistent_numbers(tiny_report):
     counts = flops["flops_per_image"]
     assert counts["paper_architecture"]["train"] > counts["subpixel_executed"]["train"]
     assert {"matmul_float32", "float32"} <= set(flops["measurements"])
+    # The studio's render latency (issue 15), on the tiny network at 32x32.
+    assert report["studio"]["status"] == "ok", report["studio"].get("reason")
+    (studio,) = report["studio"]["results"]
+    move = studio["measurements"]["slider_move"]
+    assert studio["image_size"] == 32 and move["renders"] == 5 and move["target_ms"] == 100.0
+    assert "studio" in stdout and "ms per slider move" in stdout
 
     try:
         import torch  # noqa: F401 - only whether it is installed
@@ -118,39 +131,50 @@ def test_tiny_report_has_every_section_with_consistent_numbers(tiny_report):
 
 def test_render_reprints_a_saved_report(tiny_report, capsys):
     _, stdout, path = tiny_report
-    assert bench.main([f"--render={path}", "--markdown"]) == 0
+    assert bench.main([bench.PROGRAM, f"--render={path}", "--markdown"]) == 0
     printed = capsys.readouterr().out
     assert bench.format_table(json.load(open(path, encoding="utf-8"))) in printed
     assert printed.strip() == stdout.strip()
 
 
-def test_arguments_are_checked():
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--out=x.json", "--sections=clamp,bogus"])
-    with pytest.raises(SystemExit):
-        bench.parse_args([])  # --out is required
-    args = bench.parse_args(["--out=x.json", "--sections=clamp, growth", "--size=tiny"])
-    assert args.sections == ["clamp", "growth"]
+def test_arguments_are_checked(tmp_path, capsys):
+    assert bench.main([bench.PROGRAM, "--out=x.json", "--sections=clamp,bogus"]) == 2
+    assert bench.main([bench.PROGRAM]) == 2  # --out is required
+    assert bench.main([bench.PROGRAM, f"--render={tmp_path / 'missing.json'}"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith(f"{bench.PROGRAM}: error: ") for line in errors), errors
+    assert "unknown sections ['bogus']" in errors[0] and "--out" in errors[1] and "missing.json" in errors[2]
+    flag_values = flags.FlagValues()
+    bench.define_flags(flag_values)
+    flag_values([bench.PROGRAM, "--out=x.json", "--sections=clamp, growth", "--size=tiny"])
+    assert bench.arguments(flag_values).sections == ["clamp", "growth"]
 
 
 def test_comparison_is_the_quotient_and_checks_its_target():
-    entry = bench.comparison("x", "a", 3.0, "b", 4.0, target=0.95)
+    entry = comparison("x", "a", 3.0, "b", 4.0, target=0.95)
     assert entry["ratio"] == 0.75 and entry["met"] is False
-    assert "target" not in bench.comparison("y", "a", 1.0, "b", 1.0)
+    assert "target" not in comparison("y", "a", 1.0, "b", 1.0)
+
+
+def test_layout_and_factors_are_the_faces_datasets():
+    from dcign_tf.data.sources import faces
+    from dcign_tf.latents import LatentLayout
+
+    assert tuple(FACTORS) == faces.FACTOR_NAMES
+    LatentLayout.parse(LAYOUT, 8).check_factors(list(FACTORS))  # raises unless the layout names exactly them
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The PyTorch reference computes the same function as the Keras network.
 
-FACTORS = list(bench.FACTORS)
-
 
 def _keras_model(image_size, mode):
-    from dcign_tf.model import DCIGN
+    from dcign_tf.model import DCIGN, ModelConfig
 
     # Unequal widths, so that a transposed kernel or a flatten in the wrong order cannot go unnoticed.
-    return DCIGN(FACTORS, bench.LAYOUT, image_size=image_size, num_latents=8, encoder_filters=(4, 6, 5),
-                 decoder_filters=(5, 6, 3), mode=mode, invariance_weight=0.5, seed=3)
+    return DCIGN(list(FACTORS), ModelConfig(latent_layout=LAYOUT, image_size=image_size, num_latents=8,
+                                      encoder_filters=(4, 6, 5), decoder_filters=(5, 6, 3), mode=mode,
+                                      invariance_weight=0.5, seed=3))
 
 
 def _close(actual, expected, tolerance=1e-4):
@@ -165,7 +189,7 @@ def test_torch_reference_matches_the_keras_network(image_size, mode):
     torch = pytest.importorskip("torch")
     import tensorflow as tf
 
-    _, reference = bench.import_torch_reference()
+    _, reference = import_torch_reference()
     keras_model = _keras_model(image_size, mode)
     rng = np.random.default_rng(7)
     groups, group_size = 2, 3
@@ -205,7 +229,7 @@ def test_torch_optimizer_matches_the_keras_optimizer():
 
     from dcign_tf.optimizer import DCIGNRMSprop
 
-    _, reference = bench.import_torch_reference()
+    _, reference = import_torch_reference()
     rng = np.random.default_rng(0)
     start = rng.normal(size=(5, 4)).astype(np.float32)
     keras_variable = tf.Variable(start)

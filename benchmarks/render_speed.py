@@ -1,6 +1,6 @@
 """Measures the throughput of the faces graphics engine: sample identities, then render.
 
-    python -m dcign_tf.data.render_speed [--seconds=5] [--processes=N] [--batch=20]
+    python -m benchmarks.render_speed [--seconds=5] [--processes=N] [--batch=20]   # from the repository root
 
 prints images/s at 64x64 and 150x150 using every core (one process per core, each with
 its own copy of the face model built once by the pool initializer).  Every image gets a
@@ -13,14 +13,15 @@ import multiprocessing
 import os
 import sys
 import time
+from typing import Sequence
 
 import numpy as np
 from absl import flags
 
 from dcign_tf import cli
-from dcign_tf.data import face_model, renderer
+from dcign_tf.data.sources import face_model, rasterizer
 
-PROGRAM = "render_speed"
+PROGRAM = "benchmarks.render_speed"
 
 # Pose and light ranges the throughput is measured over (radians), as in the dataset.
 _AZIMUTH_RANGE, _ELEVATION_RANGE, _LIGHT_RANGE = 1.5, 0.4, np.deg2rad(80.0)
@@ -32,7 +33,7 @@ def _render_one_batch(model, rng, image_size: int, batch: int) -> np.ndarray:
     """Samples ``batch`` identities and poses and renders them: [batch, S, S] float32."""
     shape, albedo = model.sample_identities(rng, batch)
     vertices, albedo = model.instances(shape, albedo)
-    return renderer.render_batch(
+    return rasterizer.render_batch(
         vertices, model.triangles, albedo,
         rng.uniform(-_AZIMUTH_RANGE, _AZIMUTH_RANGE, batch),
         rng.uniform(-_ELEVATION_RANGE, _ELEVATION_RANGE, batch),
@@ -126,21 +127,21 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer("batch", 20, "Images per render call.", flag_values=flag_values)
 
 
-def main(argv=None) -> int:
-    """Runs the CLI on argv (the arguments after the program name; default sys.argv[1:]); returns the exit status."""
-    def body(flag_values):
-        processes = flag_values.processes or os.cpu_count() or 1
-        if flag_values.seconds <= 0 or flag_values.batch < 1 or processes < 1:
-            raise cli.UsageError("--seconds, --batch and --processes must be positive")
-        for image_size in (64, 150):
-            wall_rate, cpu_rate = _measure(image_size, processes, flag_values.seconds, flag_values.batch)
-            print(f"{image_size}x{image_size}: {wall_rate:7.1f} images/s wall-clock, "
-                  f"{cpu_rate:7.1f} images/s if the {processes} cores were free "
-                  f"({processes} processes, batch {flag_values.batch}, load average "
-                  f"{os.getloadavg()[0]:.1f})")
+def body(flag_values: flags.FlagValues) -> None:
+    processes = flag_values.processes or os.cpu_count() or 1
+    if flag_values.seconds <= 0 or flag_values.batch < 1 or processes < 1:
+        raise cli.UsageError("--seconds, --batch and --processes must be positive")
+    for image_size in (64, 150):
+        wall_rate, cpu_rate = _measure(image_size, processes, flag_values.seconds, flag_values.batch)
+        print(f"{image_size}x{image_size}: {wall_rate:7.1f} images/s wall-clock, "
+              f"{cpu_rate:7.1f} images/s if the {processes} cores were free "
+              f"({processes} processes, batch {flag_values.batch}, load average "
+              f"{os.getloadavg()[0]:.1f})")
 
-    return cli.run([PROGRAM, *(sys.argv[1:] if argv is None else argv)], PROGRAM, __doc__, define_flags, body,
-                   lambda: ())
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on argv (the program name first; None: sys.argv); returns the exit status."""
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, lambda: ())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""Writes a contact sheet of the procedural faces: identities and one sweep per factor.
 
-    python -m dcign_tf.data.contact_sheet --out=docs/faces_contact_sheet.png \
-        [--image_size=96] [--seed=0]
+    python -m tools.contact_sheet --out=docs/faces_contact_sheet.png \
+        [--image_size=96] [--seed=0]                 # from the repository root
 
 Row 1-2: 16 random identities, nearly frontal, under a mild side light.  Then one row per
 factor, everything else held fixed: azimuth -1.5..1.5 rad, elevation -0.4..0.4 rad, light
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Sequence
 
 import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw
 
-from dcign_tf import cli
-from dcign_tf.data import face_model, renderer
+from dcign_tf import cli, io_utils
+from dcign_tf.data.sources import face_model, rasterizer
 
-PROGRAM = "contact_sheet"
+PROGRAM = "tools.contact_sheet"
 
 # Columns of each sweep row, and the identity grid's layout.
 SWEEP_COLUMNS = 9
@@ -40,7 +41,7 @@ def render_contact_sheet(image_size: int = 96, seed: int = 0):
     triangles, radius = model.triangles, model.frame_radius
 
     def draw(vertices, albedo, azimuth, elevation, light):
-        return renderer.render_batch(vertices, triangles, albedo, azimuth, elevation, light,
+        return rasterizer.render_batch(vertices, triangles, albedo, azimuth, elevation, light,
                                      image_size, frame_radius=radius)
 
     num_identities = IDENTITY_ROWS * IDENTITY_COLUMNS
@@ -88,7 +89,8 @@ def save_contact_sheet(path: str, image_size: int = 96, seed: int = 0) -> None:
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    picture.save(path, optimize=True)
+    with io_utils.atomic_path(path) as temporary:  # a reader never sees half a picture
+        picture.save(temporary, format="PNG", optimize=True)
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -97,22 +99,22 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the identities shown.", flag_values=flag_values)
 
 
-def main(argv=None) -> int:
-    """Runs the CLI on argv (the arguments after the program name; default sys.argv[1:]); returns the exit status."""
-    def body(flag_values):
-        out, image_size = flag_values.out, flag_values.image_size
-        if not 32 <= image_size <= 256:
-            raise cli.UsageError(f"--image_size must be in 32..256, got {image_size}")
-        if not out.lower().endswith(".png"):
-            raise cli.UsageError(f"--out must name a .png file, got {out!r}")
-        try:
-            save_contact_sheet(out, image_size, flag_values.seed)
-        except OSError as error:
-            raise cli.UsageError(f"cannot write {out}: {error.strerror or error}") from None
-        print(f"wrote {out}")
+def body(flag_values: flags.FlagValues) -> None:
+    out, image_size = flag_values.out, flag_values.image_size
+    if not 32 <= image_size <= 256:
+        raise cli.UsageError(f"--image_size must be in 32..256, got {image_size}")
+    if not out.lower().endswith(".png"):
+        raise cli.UsageError(f"--out must name a .png file, got {out!r}")
+    try:
+        save_contact_sheet(out, image_size, flag_values.seed)
+    except OSError as error:
+        raise cli.UsageError(f"cannot write {out}: {error.strerror or error}") from None
+    print(f"wrote {out}")
 
-    return cli.run([PROGRAM, *(sys.argv[1:] if argv is None else argv)], PROGRAM, __doc__, define_flags, body,
-                   lambda: ())
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on argv (the program name first; None: sys.argv); returns the exit status."""
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, lambda: ())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`--precision=auto`: the Keras mixed-precision policy that is fastest on this machine.
 
-Measured by `python -m dcign_tf.bench` (README, Benchmarks): on CPUs with AVX-512 BF16 or AMX,
+Measured by `python -m benchmarks.bench` (README, Benchmarks): on CPUs with AVX-512 BF16 or AMX,
 mixed_bfloat16 trains 1.75x faster than float32 with the same results; elsewhere on CPU bfloat16 is
 emulated and slower. On GPUs of compute capability 8.0 or later (Ampere on) bfloat16 runs on the
 tensor cores and needs no loss scaling, unlike mixed_float16, whose scaler skips steps.

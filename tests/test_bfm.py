@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from dcign_tf.data import bfm, input_pipeline, make_faces
+from dcign_tf.data import input_pipeline
+from dcign_tf.data.sources import bfm, faces
 from dcign_tf.data.records import DatasetInfo
-from dcign_tf.data.renderer import render
+from dcign_tf.data.sources.rasterizer import render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -30,12 +31,12 @@ def icosphere(subdivisions=1):
     t = (1 + 5 ** 0.5) / 2
     vertices = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
                 (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
+    triangles = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
              (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
              (6, 2, 10), (8, 6, 7), (9, 8, 1)]
     vertices = [np.array(v, float) / np.linalg.norm(v) for v in vertices]
     for _ in range(subdivisions):
-        midpoints, new_faces = {}, []
+        midpoints, new_triangles = {}, []
 
         def midpoint(a, b):
             key = (min(a, b), max(a, b))
@@ -44,11 +45,11 @@ def icosphere(subdivisions=1):
                 vertices.append(middle / np.linalg.norm(middle))
                 midpoints[key] = len(vertices) - 1
             return midpoints[key]
-        for a, b, c in faces:
+        for a, b, c in triangles:
             ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-        faces = new_faces
-    return np.array(vertices), np.array(faces)
+            new_triangles += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        triangles = new_triangles
+    return np.array(vertices), np.array(triangles)
 
 
 def orthonormal_columns(rows, columns, seed):
@@ -169,10 +170,10 @@ def test_inward_winding_is_flipped_and_the_model_renders_like_the_renderer_expec
 
 
 def test_make_faces_renders_a_dataset_from_the_bfm(files, tmp_path):
-    config = make_faces.FacesConfig(image_size=32, group_size=3, groups_per_factor=2, test_groups_per_factor=1,
+    config = faces.FacesConfig(image_size=32, group_size=3, groups_per_factor=2, test_groups_per_factor=1,
                                     num_shards=1, seed=3, face_model=f"bfm:{files['2017']}")
     data_dir = str(tmp_path / "faces")
-    make_faces.generate(data_dir, config, processes=1, progress=False)
+    faces.generate(data_dir, config, processes=1, progress=False)
     info = DatasetInfo.load(data_dir)
     assert info.generator["face_model"] == f"bfm:{files['2017']}"
     input_pipeline.check_shards(data_dir, "train")
@@ -183,7 +184,7 @@ def test_make_faces_renders_a_dataset_from_the_bfm(files, tmp_path):
     assert np.abs(images[:, 0] - images[:, 1]).max() > 0.01  # identities differ
     # Two processes give the same bytes (forked workers reuse the cached model).
     parallel = str(tmp_path / "parallel")
-    make_faces.generate(parallel, config, processes=2, progress=False)
+    faces.generate(parallel, config, processes=2, progress=False)
     for path in info.shard_paths(data_dir, "train", "azimuth"):
         with open(path, "rb") as first, open(path.replace(data_dir, parallel), "rb") as second:
             assert first.read() == second.read()
@@ -217,10 +218,10 @@ def test_bad_files_give_one_line_errors(truth, files, tmp_path):
     }
     for path, message in cases.items():
         with pytest.raises(bfm.BfmError) as raised:
-            make_faces.load_face_model(f"bfm:{path}")
+            faces.load_face_model(f"bfm:{path}")
         assert message in str(raised.value) and "\n" not in str(raised.value), str(raised.value)
     with pytest.raises(ValueError, match="'procedural', 'bfm:PATH'"):
-        make_faces.load_face_model("basel")
+        faces.load_face_model("basel")
 
     result = subprocess.run([sys.executable, "-m", "dcign_tf.data.make_faces", f"--data_dir={tmp_path}/out",
                              f"--face_model=bfm:{text}", "--image_size=32"], cwd=REPO, capture_output=True,

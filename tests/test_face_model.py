@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from dcign_tf.data import contact_sheet, face_model, renderer
+from tools import contact_sheet
+from dcign_tf.data.sources import face_model, rasterizer
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_mesh_is_large_and_valid(model):
 
 
 def test_triangles_wind_counter_clockwise_seen_from_outside(model):
-    normals = renderer.vertex_normals(model.mean_shape, model.triangles)
+    normals = rasterizer.vertex_normals(model.mean_shape, model.triangles)
     crown = np.argmax(model.mean_shape[:, 1])
     nose_tip = np.argmax(model.mean_shape[:, 2])
     assert normals[crown, 1] > 0.9  # the top of the head faces up
@@ -103,9 +104,9 @@ def test_extreme_identities_stay_plausible(model):
 def test_different_identities_render_substantially_differently(model):
     rng = np.random.default_rng(7)
     vertices, albedo = model.instances(*model.sample_identities(rng, 4))
-    images = renderer.render_batch(vertices, model.triangles, albedo, 0.2, 0.0, -0.5, 64,
+    images = rasterizer.render_batch(vertices, model.triangles, albedo, 0.2, 0.0, -0.5, 64,
                                    frame_radius=model.frame_radius)
-    same = renderer.render_batch(vertices[:1], model.triangles, albedo[:1], 0.2, 0.0, -0.5, 64,
+    same = rasterizer.render_batch(vertices[:1], model.triangles, albedo[:1], 0.2, 0.0, -0.5, 64,
                                  frame_radius=model.frame_radius)
     assert np.array_equal(same[0], images[0])
     for i in range(4):
@@ -129,7 +130,7 @@ def test_from_flat_pca_matches_the_container_layout(model):
 
 def test_contact_sheet_cli_writes_a_png(tmp_path):
     out = tmp_path / "sheet.png"
-    assert contact_sheet.main([f"--out={out}", "--image_size=32", "--seed=1"]) == 0
+    assert contact_sheet.main([contact_sheet.PROGRAM, f"--out={out}", "--image_size=32", "--seed=1"]) == 0
     picture = np.asarray(Image.open(out))
     rows = contact_sheet.IDENTITY_ROWS + 4
     assert picture.shape == (rows * (32 + contact_sheet.LABEL_HEIGHT), 9 * 32)
@@ -137,7 +138,7 @@ def test_contact_sheet_cli_writes_a_png(tmp_path):
 
 
 def test_contact_sheet_cli_rejects_bad_input_in_one_line(tmp_path, capsys):
-    assert contact_sheet.main([f"--out={tmp_path / 'x.png'}", "--image_size=8"]) == 2
+    assert contact_sheet.main([contact_sheet.PROGRAM, f"--out={tmp_path / 'x.png'}", "--image_size=8"]) == 2
     error = capsys.readouterr().err.strip()
     assert "image_size" in error and "\n" not in error
-    assert contact_sheet.main([f"--out={tmp_path / 'missing' / 'dir' / 'x.jpg'}"]) == 2
+    assert contact_sheet.main([contact_sheet.PROGRAM, f"--out={tmp_path / 'missing' / 'dir' / 'x.jpg'}"]) == 2

@@ -15,7 +15,8 @@ import tensorflow as tf
 from PIL import Image
 
 from dcign_tf import io_utils
-from dcign_tf.data import converters, input_pipeline, make_chairs, records
+from dcign_tf.data import input_pipeline, records
+from dcign_tf.data.sources import chairs, common
 from dcign_tf.data.records import DatasetInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ NUM_CHAIRS = 7
 ELEVATIONS = (20, 30)
 AZIMUTHS = (0, 45, 90, 135, 180, 225, 270, 315)
 SOURCE_WIDTH, SOURCE_HEIGHT = 64, 48  # Not square: the converter pads to 64x64, then halves to 32x32.
-CONFIG = make_chairs.ChairsConfig(image_size=32, group_size=3, num_test_chairs=3, num_shards=2, seed=5)
+CONFIG = chairs.ChairsConfig(image_size=32, group_size=3, num_test_chairs=3, num_shards=2, seed=5)
 FLAGS = ["--image_size=32", "--group_size=3", "--num_test_chairs=3", "--num_shards=2", "--seed=5"]
 
 
@@ -62,7 +63,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(source, tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("chairs"))
-    make_chairs.convert(source, data_dir, CONFIG, processes=1)
+    chairs.convert(source, data_dir, CONFIG, processes=1)
     return data_dir
 
 
@@ -105,21 +106,21 @@ def test_dataset_json_split_and_identity_table(converted):
     assert info.splits == {"train": {"azimuth": 16, "identity": 16}, "test": {"azimuth": 12, "identity": 16}}
     assert info.generator["num_chairs"] == NUM_CHAIRS and info.generator["elevations_degrees"] == (20, 30)
 
-    with open(os.path.join(converted, make_chairs.IDENTITIES_FILE)) as file:
+    with open(os.path.join(converted, chairs.IDENTITIES_FILE)) as file:
         rows = [line.rstrip("\n").split("\t") for line in file][1:]
     assert [(int(chair), model) for chair, _, model in rows] == [(chair, model_name(chair)) for chair in range(7)]
     splits = {split: {int(chair) for chair, row_split, _ in rows if row_split == split} for split in ("train", "test")}
     assert len(splits["train"]) == 4 and len(splits["test"]) == 3 and not splits["train"] & splits["test"]
     # The split depends on the seed only.
-    assert np.array_equal(make_chairs.split_chairs(7, 3, 5)["test"], sorted(splits["test"]))
-    assert any(not np.array_equal(make_chairs.split_chairs(7, 3, seed)["test"], sorted(splits["test"]))
+    assert np.array_equal(chairs.split_chairs(7, 3, 5)["test"], sorted(splits["test"]))
+    assert any(not np.array_equal(chairs.split_chairs(7, 3, seed)["test"], sorted(splits["test"]))
                for seed in range(6, 12))
     assert not [name for name in os.listdir(os.path.join(converted, "train")) if io_utils.TEMP_INFIX in name]
 
 
 def test_each_group_varies_only_its_factor_and_images_match_their_labels(converted):
     info = DatasetInfo.load(converted)
-    with open(os.path.join(converted, make_chairs.IDENTITIES_FILE)) as file:
+    with open(os.path.join(converted, chairs.IDENTITIES_FILE)) as file:
         split_of = {int(line.split("\t")[0]): line.split("\t")[1] for line in list(file)[1:]}
     for split in ("train", "test"):
         for factor in ("azimuth", "identity"):
@@ -148,20 +149,20 @@ def test_each_group_varies_only_its_factor_and_images_match_their_labels(convert
 
 def test_output_is_deterministic_reruns_do_nothing_and_conflicts_are_refused(source, converted, tmp_path):
     parallel = str(tmp_path / "parallel")
-    make_chairs.convert(source, parallel, CONFIG, processes=2)
+    chairs.convert(source, parallel, CONFIG, processes=2)
     assert file_bytes(parallel) == file_bytes(converted)
 
     stats = {name: os.stat(os.path.join(parallel, name)).st_ino for name in os.listdir(parallel)}
-    make_chairs.convert(source, parallel, CONFIG, processes=2)  # same flags: already complete
+    chairs.convert(source, parallel, CONFIG, processes=2)  # same flags: already complete
     assert {name: os.stat(os.path.join(parallel, name)).st_ino for name in os.listdir(parallel)} == stats
 
     before = file_bytes(parallel)
-    with pytest.raises(converters.OutputConflictError, match="describes another dataset"):
-        make_chairs.convert(source, parallel, dataclasses.replace(CONFIG, seed=6))
+    with pytest.raises(common.OutputConflictError, match="was made with other settings"):
+        chairs.convert(source, parallel, dataclasses.replace(CONFIG, seed=6))
     assert file_bytes(parallel) == before
 
     inverted = str(tmp_path / "inverted")
-    make_chairs.convert(source, inverted, dataclasses.replace(CONFIG, invert=True),
+    chairs.convert(source, inverted, dataclasses.replace(CONFIG, invert=True),
                         processes=1)
     images = read_groups(inverted, "test", "identity")[0][0]
     assert np.all(images[:, 0, 0] == 0)
@@ -233,7 +234,7 @@ def test_command_line_converts_and_refuses_another_dataset(source, converted, tm
     assert code == 0, stderr
     assert file_bytes(out) == file_bytes(converted)
     assert_one_line_error(*run_cli(f"--src={source}", f"--data_dir={out}", *FLAGS[:-1], "--seed=9"),
-                          "describes another dataset")
+                          "was made with other settings")
 
 
 def test_configs_chairs_flags_train_on_the_converted_set(converted, tmp_path):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcign_tf.data import input_pipeline, make_faces, records
+from dcign_tf.data import input_pipeline, records
+from dcign_tf.data.sources import faces
 from dcign_tf.data.records import DatasetError, DatasetInfo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = make_faces.FacesConfig(image_size=32, group_size=4, groups_per_factor=3, test_groups_per_factor=2,
+CONFIG = faces.FacesConfig(image_size=32, group_size=4, groups_per_factor=3, test_groups_per_factor=2,
                                 num_shards=2, seed=7)
 FLAGS = ["--image_size=32", "--group_size=4", "--groups_per_factor=3", "--test_groups_per_factor=2",
          "--num_shards=2", "--seed=7"]
@@ -25,7 +26,7 @@ FLAGS = ["--image_size=32", "--group_size=4", "--groups_per_factor=3", "--test_g
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("faces"))
-    make_faces.generate(data_dir, CONFIG, processes=1, progress=False)
+    faces.generate(data_dir, CONFIG, processes=1, progress=False)
     return data_dir
 
 
@@ -61,7 +62,7 @@ def read_groups(data_dir, split, factor):
 
 def test_layout_and_dataset_json(reference_dir):
     expected_shards = {f"{split}/{factor}-{index:05d}-of-00002.tfrecord"
-                       for split in ("train", "test") for factor in make_faces.FACTOR_NAMES for index in (0, 1)}
+                       for split in ("train", "test") for factor in faces.FACTOR_NAMES for index in (0, 1)}
     assert set(file_bytes(reference_dir)) == expected_shards | {"dataset.json"}
 
     info = DatasetInfo.load(reference_dir)
@@ -74,7 +75,7 @@ def test_layout_and_dataset_json(reference_dir):
     assert info.splits == {"train": {name: 3 for name in info.factor_names},
                            "test": {name: 2 for name in info.factor_names}}
     assert (info.image_size, info.group_size, info.num_shards) == (32, 4, 2)
-    assert info.generator == {"name": "dcign_tf.data.make_faces", "version": make_faces.GENERATOR_VERSION, "seed": 7,
+    assert info.generator == {"name": "dcign_tf.data.make_faces", "version": faces.GENERATOR_VERSION, "seed": 7,
                               "face_model": "procedural"}
     for split in ("train", "test"):
         input_pipeline.check_shards(reference_dir, split)  # CRCs, parsing and group counts per shard.
@@ -84,7 +85,7 @@ def test_each_group_varies_only_its_active_factor(reference_dir):
     ids = {"train": set(), "test": set()}
     images_seen = {"train": set(), "test": set()}
     for split in ("train", "test"):
-        for factor_index, factor in enumerate(make_faces.FACTOR_NAMES):
+        for factor_index, factor in enumerate(faces.FACTOR_NAMES):
             groups = read_groups(reference_dir, split, factor)
             assert len(groups) == CONFIG.num_groups(split)
             for images, values, identity, active in groups:
@@ -93,7 +94,7 @@ def test_each_group_varies_only_its_active_factor(reference_dir):
                 assert varies == [column == factor_index for column in range(4)]
                 assert len(set(values[:, factor_index])) == CONFIG.group_size  # distinct draws
                 np.testing.assert_array_equal(values[:, 3], identity)
-                for column, name in enumerate(make_faces.SCENE_FACTORS):
+                for column, name in enumerate(faces.SCENE_FACTORS):
                     low, high = CONFIG.factor_range(name)
                     assert np.all((values[:, column] >= low) & (values[:, column] <= high))
                 # Faces are drawn: bright pixels on a black background, and the images differ.
@@ -110,21 +111,21 @@ def test_each_group_varies_only_its_active_factor(reference_dir):
 def test_same_flags_give_identical_bytes_whatever_processes_and_task_split(reference_dir, tmp_path):
     reference = file_bytes(reference_dir)
     pooled = str(tmp_path / "pooled")
-    make_faces.generate(pooled, CONFIG, processes=2, progress=False)
+    faces.generate(pooled, CONFIG, processes=2, progress=False)
     assert file_bytes(pooled) == reference
 
     split_run = str(tmp_path / "tasks")
-    make_faces.generate(split_run, CONFIG, processes=1, shard_index=1, num_tasks=3, progress=False)
+    faces.generate(split_run, CONFIG, processes=1, shard_index=1, num_tasks=3, progress=False)
     # Task 1 of 3 makes every third shard of the fixed (split, factor, shard) enumeration.
     task_shards = {os.path.relpath(shard.path, split_run)
-                   for shard in make_faces.all_shards(split_run, CONFIG)[1::3]}
+                   for shard in faces.all_shards(split_run, CONFIG)[1::3]}
     assert set(file_bytes(split_run)) == task_shards | {"dataset.json"}
     for shard_index in (0, 2):
-        make_faces.generate(split_run, CONFIG, processes=1, shard_index=shard_index, num_tasks=3, progress=False)
+        faces.generate(split_run, CONFIG, processes=1, shard_index=shard_index, num_tasks=3, progress=False)
     assert file_bytes(split_run) == reference
 
     other_seed = str(tmp_path / "other_seed")
-    make_faces.generate(other_seed, make_faces.FacesConfig(**{**CONFIG.__dict__, "seed": 8}), processes=1,
+    faces.generate(other_seed, faces.FacesConfig(**{**CONFIG.__dict__, "seed": 8}), processes=1,
                         shard_index=0, num_tasks=16, progress=False)
     shard = "train/azimuth-00000-of-00002.tfrecord"
     assert file_bytes(other_seed)[shard] != reference[shard]
@@ -144,7 +145,7 @@ def test_resume_makes_only_the_missing_shards(reference_dir, tmp_path):
     os.utime(leftover, (time.time() - 7200, time.time() - 7200))
     before = file_identities(data_dir)
 
-    make_faces.generate(data_dir, CONFIG, processes=1, progress=False)
+    faces.generate(data_dir, CONFIG, processes=1, progress=False)
 
     after = file_identities(data_dir)
     rewritten = {path for path in after if before.get(path) != after[path]}
@@ -157,9 +158,9 @@ def test_a_dataset_json_that_disagrees_is_an_error_and_nothing_is_written(refere
     shutil.copytree(reference_dir, data_dir)
     os.remove(os.path.join(data_dir, "train", "azimuth-00000-of-00002.tfrecord"))
     before = file_identities(data_dir)
-    other = make_faces.FacesConfig(**{**CONFIG.__dict__, "seed": 8, "image_size": 48})
-    for run in (lambda: make_faces.generate(data_dir, other, processes=1, progress=False),
-                lambda: make_faces.ensure_dataset(data_dir, other, log=lambda message: None)):
+    other = faces.FacesConfig(**{**CONFIG.__dict__, "seed": 8, "image_size": 48})
+    for run in (lambda: faces.generate(data_dir, other, processes=1, progress=False),
+                lambda: faces.ensure_dataset(data_dir, other, log=lambda message: None)):
         with pytest.raises(DatasetError, match=r"dataset.json was made with other settings") as error:
             run()
         message = str(error.value)
@@ -170,17 +171,17 @@ def test_a_dataset_json_that_disagrees_is_an_error_and_nothing_is_written(refere
 def test_ensure_dataset_generates_resumes_and_verifies(reference_dir, tmp_path):
     data_dir = str(tmp_path / "faces")
     messages = []
-    info = make_faces.ensure_dataset(data_dir, CONFIG, log=messages.append, processes=1)
+    info = faces.ensure_dataset(data_dir, CONFIG, log=messages.append, processes=1)
     assert info == CONFIG.dataset_info()
     assert len(messages) == 1 and "holds no dataset: generating" in messages[0]
     assert file_bytes(data_dir) == file_bytes(reference_dir)
 
     before = file_identities(data_dir)
-    assert make_faces.ensure_dataset(data_dir, CONFIG, log=messages.append, processes=1) == info
+    assert faces.ensure_dataset(data_dir, CONFIG, log=messages.append, processes=1) == info
     assert len(messages) == 1 and file_identities(data_dir) == before  # complete: nothing redone
 
     os.remove(os.path.join(data_dir, "test", "elevation-00001-of-00002.tfrecord"))
-    make_faces.ensure_dataset(data_dir, CONFIG, log=messages.append, processes=1)
+    faces.ensure_dataset(data_dir, CONFIG, log=messages.append, processes=1)
     assert "1 of 16 shards missing, resuming" in messages[-1]
     assert file_bytes(data_dir) == file_bytes(reference_dir)
 
@@ -192,9 +193,9 @@ def test_config_validation():
                        ({"azimuth_range": (0.5, -0.5)}, "azimuth_range must satisfy"),
                        ({"light_range": (0.0, math.nan)}, "light_range must be two finite numbers")]:
         with pytest.raises(ValueError, match=match):
-            make_faces.FacesConfig(**{**CONFIG.__dict__, **bad}).validate()
+            faces.FacesConfig(**{**CONFIG.__dict__, **bad}).validate()
     with pytest.raises(ValueError, match="shard_index"):
-        make_faces.generate("/nonexistent", CONFIG, shard_index=2, num_tasks=2)
+        faces.generate("/nonexistent", CONFIG, shard_index=2, num_tasks=2)
 
 
 def run_cli(*args):
@@ -225,13 +226,13 @@ def test_command_line(reference_dir, tmp_path):
 
 def test_group_spread_confines_each_group_to_a_window_of_the_range():
     config = dataclasses.replace(CONFIG, group_spread=0.25, image_size=32)
-    model = make_faces.load_face_model("procedural")
+    model = faces.load_face_model("procedural")
     for factor in ("azimuth", "elevation", "light"):
         low, high = config.factor_range(factor)
-        column = make_faces.SCENE_FACTORS.index(factor)
+        column = faces.SCENE_FACTORS.index(factor)
         starts = []
         for group in range(6):
-            _, values, _ = make_faces.sample_group(model, config, "train", factor, group)
+            _, values, _ = faces.sample_group(model, config, "train", factor, group)
             varying = values[:, column]
             assert np.ptp(varying) <= 0.25 * (high - low) + 1e-9
             assert low <= varying.min() and varying.max() <= high

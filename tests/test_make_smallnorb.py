@@ -14,14 +14,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dcign_tf.data import converters, input_pipeline, make_smallnorb, records
-from dcign_tf.data.converters import ConversionError
+from dcign_tf.data import input_pipeline, records
+from dcign_tf.data.sources import common, smallnorb
+from dcign_tf.data.sources.common import ConversionError
 from dcign_tf.data.records import DatasetInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCES = {"train": (4, 6), "test": (0, 1)}  # smallNORB's split is by instance, as in the real data.
 CATEGORIES, ELEVATIONS, AZIMUTHS, LIGHTINGS = (0, 3), (0, 4, 8), (0, 5, 9, 17), (0, 2, 5)
-CONFIG = make_smallnorb.SmallNorbConfig(image_size=32, group_size=3, num_shards=2, seed=1)
+CONFIG = smallnorb.SmallNorbConfig(image_size=32, group_size=3, num_shards=2, seed=1)
 LABELS = ("label_category", "instance", "label_elevation", "label_azimuth", "label_lighting")
 
 
@@ -55,7 +56,7 @@ def mock_smallnorb(**example_options):
 def converted(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("smallnorb"))
     with mock_smallnorb():
-        make_smallnorb.convert(data_dir, CONFIG, tfds_data_dir=str(tmp_path_factory.mktemp("tfds")))
+        smallnorb.convert(data_dir, CONFIG, tfds_data_dir=str(tmp_path_factory.mktemp("tfds")))
     return data_dir
 
 
@@ -120,13 +121,13 @@ def test_each_group_varies_only_its_factor_and_values_match_the_labels(converted
 def test_deterministic_reread_and_refuses_another_dataset(converted, tmp_path):
     again = str(tmp_path / "again")
     with mock_smallnorb():
-        make_smallnorb.convert(again, CONFIG)
+        smallnorb.convert(again, CONFIG)
         assert file_bytes(again) == file_bytes(converted)
         inodes = {name: os.stat(os.path.join(again, name)).st_ino for name in os.listdir(again)}
-        make_smallnorb.convert(again, CONFIG)  # already complete: nothing rewritten
+        smallnorb.convert(again, CONFIG)  # already complete: nothing rewritten
         assert {name: os.stat(os.path.join(again, name)).st_ino for name in os.listdir(again)} == inodes
-        with pytest.raises(converters.OutputConflictError, match="describes another dataset"):
-            make_smallnorb.convert(again, make_smallnorb.SmallNorbConfig(image_size=32, group_size=2))
+        with pytest.raises(common.OutputConflictError, match="was made with other settings"):
+            smallnorb.convert(again, smallnorb.SmallNorbConfig(image_size=32, group_size=2))
     for split in ("train", "test"):
         input_pipeline.check_shards(converted, split)
     batch = next(iter(input_pipeline.make_dataset(converted, "train", 4, deterministic=True)))
@@ -137,7 +138,7 @@ def test_tfds_random_mock_data_too_small_for_the_group_size(tmp_path):
     """tfds' own random mock examples: a few dozen random labels never share an object and view."""
     with tfds.testing.mock_data(num_examples=40):
         with pytest.raises(ConversionError, match=r"no group of 2 images in which only \w+ varies"):
-            make_smallnorb.convert(str(tmp_path / "out"), make_smallnorb.SmallNorbConfig(image_size=32, group_size=2))
+            smallnorb.convert(str(tmp_path / "out"), smallnorb.SmallNorbConfig(image_size=32, group_size=2))
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -151,14 +152,14 @@ def test_bad_input_is_a_one_line_conversion_error(tmp_path):
     for options, message in cases:
         with mock_smallnorb(**options):
             with pytest.raises(ConversionError) as raised:
-                make_smallnorb.convert(out, CONFIG)
+                smallnorb.convert(out, CONFIG)
         assert message in str(raised.value) and "\n" not in str(raised.value)
     # Only 2 lightings per object and view: too few for groups of 3.
     with mock_smallnorb(label_lighting=np.tile([0, 1], 72)):
         with pytest.raises(ConversionError, match=r"only lighting varies .*at most 2.*--group_size to 2"):
-            make_smallnorb.convert(out, CONFIG)
+            smallnorb.convert(out, CONFIG)
     with pytest.raises(ConversionError, match="more than smallNORB's 6 lighting"):
-        make_smallnorb.convert(out, make_smallnorb.SmallNorbConfig(group_size=7))
+        smallnorb.convert(out, smallnorb.SmallNorbConfig(group_size=7))
     # A corrupt tfds file.
     corrupt = tmp_path / "corrupt.tfrecord"
     corrupt.write_bytes(b"\x00" * 64)
@@ -168,15 +169,15 @@ def test_bad_input_is_a_one_line_conversion_error(tmp_path):
             "image": tf.zeros([96, 96, 1], tf.uint8), **{name: tf.constant(0, tf.int64) for name in LABELS}})
     with tfds.testing.mock_data(as_dataset_fn=corrupt_dataset):
         with pytest.raises(ConversionError, match="unreadable data"):
-            make_smallnorb.convert(out, CONFIG)
+            smallnorb.convert(out, CONFIG)
     # smallnorb not prepared and no download allowed: the "missing files" case.
     with pytest.raises(ConversionError, match=r"cannot load tfds 'smallnorb' split 'train' from .*--tfds_data_dir"):
-        make_smallnorb.convert(out, CONFIG, tfds_data_dir=str(tmp_path / "empty_tfds"), download=False)
+        smallnorb.convert(out, CONFIG, tfds_data_dir=str(tmp_path / "empty_tfds"), download=False)
     assert not os.path.exists(out)
 
 
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
-    """Every ConversionError takes this path (converters.run_main); the cases above check their messages.
+    """Every ConversionError takes this path (common.run_main); the cases above check their messages.
     (A missing tfds dataset reads `make_smallnorb: error: cannot load tfds 'smallnorb' ...`, exit 2, too; not
     run here because the subprocess would import TensorFlow and tfds for it.)"""
     for args, message in [

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from dcign_tf import io_utils
-from dcign_tf.data import input_pipeline, make_faces, records
+from dcign_tf.data import input_pipeline, records
+from dcign_tf.data.sources import faces
 from dcign_tf.data.records import DatasetError
 from test_input_pipeline import write_synthetic_dataset
 
@@ -259,7 +260,7 @@ class TestTrainOnCorruptData:
 # ---------------------------------------------------------------------------------------------------
 # Data directories that cannot be written, full disks, and what killed writers leave behind.
 
-TINY_FACES = make_faces.FacesConfig(image_size=32, group_size=4, groups_per_factor=12, test_groups_per_factor=2,
+TINY_FACES = faces.FacesConfig(image_size=32, group_size=4, groups_per_factor=12, test_groups_per_factor=2,
                                     num_shards=2, seed=3)
 TINY_FACES_FLAGS = ["--image_size=32", "--group_size=4", "--groups_per_factor=12", "--test_groups_per_factor=2",
                     "--num_shards=2", "--seed=3", "--processes=1", "--noprogress"]
@@ -327,7 +328,7 @@ class TestUnwritableDataDir:
 
     def test_the_writers_raise_dataset_errors(self, unwritable_dir):
         with pytest.raises(DatasetError, match="cannot write"):
-            make_faces.generate(unwritable_dir, TINY_FACES, processes=1, progress=False)
+            faces.generate(unwritable_dir, TINY_FACES, processes=1, progress=False)
         with pytest.raises(DatasetError, match="cannot write"):
             records.write_shard(os.path.join(unwritable_dir, "train", "x.tfrecord"), [b"record"])
         with pytest.raises(DatasetError, match="cannot write"):
@@ -349,14 +350,14 @@ class TestFullDisk:
         with tmpfs(tmp_path / "small", "48k") as mount:
             data_dir = os.path.join(mount, "faces")
             with pytest.raises(DatasetError) as error:
-                make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
+                faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
             assert_one_line(error.value, data_dir, "no space left on device", "rerun the same command")
             assert temp_files(mount) == []
             made = [name for name in os.listdir(os.path.join(data_dir, "train")) if name.endswith(".tfrecord")]
             assert made, "the disk filled up before the first shard: make the tmpfs larger"
 
             remount(mount, "size=2m")  # Space freed: the same command finishes the set.
-            make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
+            faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
             for split in records.SPLITS:
                 input_pipeline.check_shards(data_dir, split)
             assert temp_files(mount) == []
@@ -381,7 +382,7 @@ def dead_pid():
 class TestLeftoverTempFiles:
     def test_stale_ones_are_removed_by_the_next_run_and_live_ones_kept(self, tmp_path):
         data_dir = str(tmp_path / "faces")
-        make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
+        faces.generate(data_dir, TINY_FACES, processes=1, progress=False)
         shard = records.shard_path(data_dir, "train", "azimuth", 0, TINY_FACES.num_shards)
         here = socket.gethostname()
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -400,7 +401,7 @@ class TestLeftoverTempFiles:
             old = time.time() - records.STALE_TEMP_SECONDS - 60
             os.utime(f"{data_dir}/test/x.tfrecord.tmp-other-host-8", (old, old))
 
-            make_faces.generate(data_dir, TINY_FACES, processes=1, progress=False)  # Complete: it only sweeps.
+            faces.generate(data_dir, TINY_FACES, processes=1, progress=False)  # Complete: it only sweeps.
             assert {path for path in leftovers if os.path.exists(path)} == {p for p, kept in leftovers.items() if kept}
             input_pipeline.check_shards(data_dir, "train")
         finally:

@@ -1,1 +1,2 @@
-"""Datasets: the procedural face model, the renderer, the record format and the input pipeline."""
+"""Datasets, in layers: the record format (records), the tf.data reader (input_pipeline), the sources
+(sources/: faces, chairs, smallNORB) and their command lines (make_faces, make_chairs, make_smallnorb)."""

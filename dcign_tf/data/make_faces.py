@@ -3,20 +3,10 @@ r"""Generates the DC-IGN faces dataset: groups of rendered faces in which exactl
     python -m dcign_tf.data.make_faces --data_dir=data/faces_small --image_size=64 \
         --groups_per_factor=600 --test_groups_per_factor=100 --num_shards=8 --seed=0
 
-The factors are the face's azimuth, its elevation, the light's azimuth (all radians) and the identity
-(the face's shape and texture, whose value is the identity id). Every group draws one identity and one
-scene uniformly in the configured ranges and then varies only its active factor over `group_size`
-images: uniform draws in that factor's range, or `group_size` different identities for identity groups
-(pose and light fixed). Train and test identities are disjoint.
-
-The output is deterministic: the same flags give byte-identical files whatever --processes and
---shard_index/--num_tasks are, because every group's random stream is seeded from
-(seed, split, factor, group index). Shards are written atomically, so a killed run is resumed by running
-the same command again: complete shards are kept and only the missing ones are made. dataset.json is
-written first; a data_dir whose dataset.json disagrees with the flags is an error, never overwritten.
-
-For a Kubernetes Indexed Job, task i of n (--shard_index=i --num_tasks=n) makes the shards j with
-j % n == i of the fixed enumeration (split, factor, shard index); every task writes the same dataset.json.
+The factors are the face's azimuth, its elevation, the light's azimuth (all radians) and the identity.
+The same flags give byte-identical files whatever --processes and --shard_index/--num_tasks are; a killed
+run is resumed by running the same command again (dcign_tf.data.sources.faces says how). For a Kubernetes
+Indexed Job, task i of n (--shard_index=i --num_tasks=n) makes every n-th shard.
 
 Exit status: 0 on success; 2, with one line on stderr, for bad flags, a data_dir that holds a dataset
 that disagrees with the flags, and a data_dir that cannot be written (read-only, full).
@@ -24,474 +14,106 @@ that disagrees with the flags, and a data_dir that cannot be written (read-only,
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-import multiprocessing
-import os
 import sys
-import time
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from dcign_tf import cli, io_utils
-from dcign_tf.data import face_model, records
-from dcign_tf.data.records import DatasetError, DatasetInfo
-from dcign_tf.data.renderer import render_batch
+from dcign_tf import cli
+from dcign_tf.data.records import DatasetError
+from dcign_tf.data.sources import common, faces
 
-SCENE_FACTORS = ("azimuth", "elevation", "light")
-IDENTITY_FACTOR = "identity"
-FACTOR_NAMES = SCENE_FACTORS + (IDENTITY_FACTOR,)  # dataset.json's order: the factor_values columns
-# The encoder latents the paper assigns to each factor (z1 azimuth, z2 elevation, z3 light, rest intrinsic).
-LATENT_LAYOUT = {"azimuth": [0], "elevation": [1], "light": [2], "identity": "rest"}
-# Stream ids that enter every group's seed; fixed forever so that datasets stay reproducible.
-SPLIT_IDS = {"train": 0, "test": 1}
-GENERATOR_NAME = "dcign_tf.data.make_faces"
 PROGRAM = "make_faces"
-# Bump when the face model, the renderer or the scene sampling changes the images: a dataset made
-# by another version is then refused instead of being resumed with shards of mixed looks.
-GENERATOR_VERSION = 1
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256
 
 
-@dataclasses.dataclass(frozen=True)
-class FacesConfig:
-    """What the faces dataset is made of; equal configs give byte-identical datasets.
-
-    Ranges are (lo, hi) in radians. Defaults follow the paper's scale: 150x150 images, groups of 20,
-    3,000 training and 350 test groups per factor.
-    """
-
-    image_size: int = 150
-    group_size: int = 20
-    groups_per_factor: int = 3000
-    test_groups_per_factor: int = 350
-    num_shards: int = 16
-    seed: int = 0
-    azimuth_range: tuple[float, float] = (-1.5, 1.5)
-    elevation_range: tuple[float, float] = (-0.4, 0.4)
-    light_range: tuple[float, float] = (math.radians(-80.0), math.radians(80.0))
-    face_model: str = "procedural"
-    # The fraction of a factor's range that one group's values span (1: the whole range), each group's
-    # window placed at random. Tried against the azimuth "switch node" (Fig. 6a), it did not unfold
-    # it (2 of 2 runs folded; README, "Results"): --mirror_factors does.
-    group_spread: float = 1.0
-
-    def __post_init__(self):
-        for name in ("azimuth_range", "elevation_range", "light_range"):
-            object.__setattr__(self, name, tuple(float(value) for value in getattr(self, name)))
-
-    def validate(self) -> None:
-        """Raises ValueError with a one-line message naming the first bad setting."""
-        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {self.image_size}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be at least 2 (a factor must vary in a group), got {self.group_size}")
-        for name in ("groups_per_factor", "test_groups_per_factor", "num_shards"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
-        for name in ("azimuth_range", "elevation_range", "light_range"):
-            value_range = getattr(self, name)
-            if len(value_range) != 2 or not all(math.isfinite(value) for value in value_range):
-                raise ValueError(f"{name} must be two finite numbers lo,hi, got {value_range}")
-            low, high = value_range
-            if not -math.pi <= low < high <= math.pi:
-                raise ValueError(f"{name} must satisfy -pi <= lo < hi <= pi (radians), got {value_range}")
-        if not 0.0 < self.group_spread <= 1.0:
-            raise ValueError(f"group_spread must be in (0, 1], got {self.group_spread}")
-        if not self.face_model:
-            raise ValueError("face_model must name a face model, e.g. 'procedural'")
-
-    def factor_range(self, factor: str) -> tuple[float, float]:
-        return {"azimuth": self.azimuth_range, "elevation": self.elevation_range, "light": self.light_range}[factor]
-
-    def _spread_record(self) -> dict:
-        # Recorded only when windows are used: whole-range groups are drawn exactly as before the option.
-        return {} if self.group_spread == 1.0 else {"group_spread": self.group_spread}
-
-    def num_groups(self, split: str) -> int:
-        return self.groups_per_factor if split == "train" else self.test_groups_per_factor
-
-    def dataset_info(self) -> DatasetInfo:
-        """The dataset.json this config produces."""
-        factors = [records.FactorSpec(name, self.factor_range(name), "radians") for name in SCENE_FACTORS]
-        factors.append(records.FactorSpec(IDENTITY_FACTOR, None, "identity id"))
-        return DatasetInfo(
-            image_size=self.image_size,
-            group_size=self.group_size,
-            factors=tuple(factors),
-            latent_layout=LATENT_LAYOUT,
-            splits={split: {name: self.num_groups(split) for name in FACTOR_NAMES} for split in records.SPLITS},
-            num_shards=self.num_shards,
-            generator={"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": self.seed,
-                       "face_model": self.face_model, **self._spread_record()},
-        )
-
-
-def load_face_model(spec: str):
-    """The MorphableModel a `--face_model` spec names: "procedural" (the built-in seeded model) or "bfm:PATH"
-    (the Basel Face Model file at PATH, 2009 .mat or 2017 .h5; see dcign_tf.data.bfm). Both are cached.
-    A bad spec or file raises ValueError (bfm.BfmError is one) with a one-line message."""
-    if spec == "procedural":
-        return face_model.procedural_face_model()
-    if spec.startswith("bfm:"):
-        from dcign_tf.data import bfm  # Lazy: h5py and scipy.io only when a BFM is asked for.
-
-        path = spec[len("bfm:"):]
-        if not path:
-            raise bfm.BfmError("face_model 'bfm:' names no file; pass bfm:PATH to a Basel Face Model .mat or .h5")
-        return bfm.load_bfm(path)
-    raise ValueError(f"unknown face_model {spec!r}; known: 'procedural', 'bfm:PATH'")
-
-
-# ---------------------------------------------------------------------------------------------------
-# One group: sampling and rendering (runs in the worker processes: numpy and PIL, no TensorFlow).
-
-
-def identities_per_group(factor: str, group_size: int) -> int:
-    return group_size if factor == IDENTITY_FACTOR else 1
-
-
-def first_identity_id(config: FacesConfig, split: str, factor: str, group_index: int) -> int:
-    """The id of the group's first identity; ids are consecutive and never shared by two groups or splits.
-
-    Ids are numbered split by split (train first), factor by factor, group by group.
-    """
-    per_group = {name: identities_per_group(name, config.group_size) for name in FACTOR_NAMES}
-    first = 0
-    for earlier_split in records.SPLITS[: records.SPLITS.index(split)]:
-        first += config.num_groups(earlier_split) * sum(per_group.values())
-    for earlier_factor in FACTOR_NAMES[: FACTOR_NAMES.index(factor)]:
-        first += config.num_groups(split) * per_group[earlier_factor]
-    return first + group_index * per_group[factor]
-
-
-def sample_group(model, config: FacesConfig, split: str, factor: str, group_index: int):
-    """Draws and renders one group in which only `factor` varies.
-
-    Returns:
-      images [G, S, S] float32 in [0, 1], factor_values [G, 4] float64 (azimuth, elevation, light in
-      radians, identity id), identity [G] int64.
-    """
-    group_size = config.group_size
-    rng = np.random.default_rng([config.seed, SPLIT_IDS[split], FACTOR_NAMES.index(factor), group_index])
-    shape_coeffs, albedo_coeffs = model.sample_identity(rng)
-    scene = {name: np.full(group_size, rng.uniform(*config.factor_range(name))) for name in SCENE_FACTORS}
-    identity = first_identity_id(config, split, factor, group_index) + np.zeros(group_size, np.int64)
-    if factor == IDENTITY_FACTOR:
-        # Pose and light stay fixed while group_size different faces are drawn.
-        shape_coeffs, albedo_coeffs = model.sample_identities(rng, group_size)
-        vertices, albedo = model.instances(shape_coeffs, albedo_coeffs)
-        identity += np.arange(group_size)
-    else:
-        low, high = config.factor_range(factor)
-        if config.group_spread < 1.0:
-            # A window of the range at a random place; the window's start is uniform.
-            width = config.group_spread * (high - low)
-            low = rng.uniform(low, high - width)
-            high = low + width
-        scene[factor] = rng.uniform(low, high, size=group_size)
-        vertices, albedo = model.instance(shape_coeffs, albedo_coeffs)
-    images = render_batch(vertices, model.triangles, albedo, scene["azimuth"], scene["elevation"],
-                          scene["light"], config.image_size, frame_radius=model.frame_radius)
-    factor_values = np.stack([scene["azimuth"], scene["elevation"], scene["light"], identity], axis=1)
-    return images, factor_values, identity
-
-
-# Per-process state set by _init_worker: (face model, config).
-_worker_state = None
-
-
-def _init_worker(config: FacesConfig, limit_threads: bool) -> None:
-    """Sets up a rendering process: its face model (a cache hit in forked workers) and, in pool workers,
-    one BLAS thread, since there is already one worker per core."""
-    global _worker_state
-    if limit_threads:
-        try:
-            import threadpoolctl
-            threadpoolctl.threadpool_limits(1)
-        except ImportError:
-            pass
-    _worker_state = (load_face_model(config.face_model), config)
-
-
-def _render_group(task: tuple[str, str, int]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    """(split, factor, group index) -> (G PNG images, factor_values [G, F] float32, identity [G])."""
-    model, config = _worker_state
-    images, factor_values, identity = sample_group(model, config, *task)
-    pngs = [records.encode_png(image) for image in io_utils.to_uint8(images)]
-    return pngs, factor_values.astype(np.float32), identity
-
-
-# ---------------------------------------------------------------------------------------------------
-# The whole dataset: dataset.json, then the shards in a fixed order.
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    split: str
-    factor: str
-    index: int
-    path: str
-    group_indices: range
-
-
-def all_shards(data_dir: str, config: FacesConfig) -> list[Shard]:
-    """Every shard of the dataset in the fixed enumeration order that --shard_index/--num_tasks split."""
-    return [
-        Shard(split, factor, index, records.shard_path(data_dir, split, factor, index, config.num_shards),
-              records.shard_group_range(config.num_groups(split), config.num_shards, index))
-        for split in records.SPLITS
-        for factor in FACTOR_NAMES
-        for index in range(config.num_shards)
-    ]
-
-
-def _write_or_check_dataset_json(data_dir: str, config: FacesConfig) -> DatasetInfo:
-    """Writes dataset.json, or checks that an existing one agrees with `config` (DatasetError if not)."""
-    expected = config.dataset_info()
-    if os.path.exists(records.dataset_json_path(data_dir)):
-        existing = DatasetInfo.load(data_dir)
-        differences = existing.differences(expected)
-        if differences:
-            raise DatasetError(
-                f"{records.dataset_json_path(data_dir)} was made with other settings "
-                f"({'; '.join(differences)} [existing vs asked]); pass the same flags to resume it, "
-                "or use another --data_dir (or delete this one) for a new dataset"
-            )
-        return existing
-    expected.save(data_dir)
-    return expected
-
-
-def _default_processes() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-class _Progress:
-    """A tqdm bar on a terminal; otherwise an INFO line every 10% or 30 s (e.g. in a Kubernetes pod's log)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
-        self.start = self.last_log = time.monotonic()
-        self.bar = None
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="group", desc="rendering groups", smoothing=0.1)
-
-    def update(self, count: int) -> None:
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-            return
-        now = time.monotonic()
-        if self.enabled and (now - self.last_log >= 30 or self.done * 10 // self.total
-                             > (self.done - count) * 10 // self.total):
-            self.last_log = now
-            rate = self.done / max(now - self.start, 1e-9)
-            logging.info("rendered %d/%d groups (%.1f groups/s)", self.done, self.total, rate)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def generate(
-    data_dir: str,
-    config: FacesConfig,
-    *,
-    processes: int | None = None,
-    shard_index: int = 0,
-    num_tasks: int = 1,
-    progress: bool = True,
-) -> DatasetInfo:
-    """Makes this task's missing shards of the dataset `config` describes in `data_dir`.
-
-    Writes (or checks) dataset.json first, skips shards that exist, renders the others with `processes`
-    worker processes (default: one per core; 1 renders in this process) and writes each shard
-    atomically in order, after removing the temp files killed runs left (records.remove_stale_temp_files).
-    Raises ValueError for a bad config or task split, DatasetError when data_dir holds a dataset made with
-    other settings or cannot be written (read-only, full: no temp file is left behind).
-    """
-    config.validate()
-    if not 0 <= shard_index < num_tasks:
-        raise ValueError(f"shard_index must be in 0..num_tasks-1 = 0..{num_tasks - 1}, got {shard_index}")
-    processes = _default_processes() if processes is None else processes
-    if processes < 1:
-        raise ValueError(f"processes must be at least 1, got {processes}")
-
-    info = _write_or_check_dataset_json(data_dir, config)
-    for leftover in records.remove_stale_temp_files(data_dir):
-        logging.info("removed %s, left by a killed run", leftover)
-    task_shards = all_shards(data_dir, config)[shard_index::num_tasks]
-    missing = [shard for shard in task_shards if not os.path.exists(shard.path)]
-    logging.info("%s: %d of this task's %d shards already complete, making %d",
-                 data_dir, len(task_shards) - len(missing), len(task_shards), len(missing))
-    if not missing:
-        return info
-    for split in records.SPLITS:
-        records.make_dirs(os.path.join(data_dir, split))
-
-    tasks = [(shard.split, shard.factor, group_index) for shard in missing for group_index in shard.group_indices]
-    bar = _Progress(len(tasks), progress)
-    start = time.monotonic()
-    with _rendered_groups(config, tasks, processes) as rendered_groups:
-        for shard in missing:
-            group_records = []
-            for _ in shard.group_indices:
-                pngs, factor_values, identity = next(rendered_groups)
-                group_records.append(records.serialize_group(pngs, factor_values, shard.factor, identity,
-                                                             config.image_size))
-            records.write_shard(shard.path, group_records)
-            bar.update(len(group_records))
-    bar.close()
-    elapsed = time.monotonic() - start
-    logging.info("%s: made %d shards, %d groups (%d images) in %.1f s, %.0f images/s", data_dir, len(missing),
-                 len(tasks), len(tasks) * config.group_size, elapsed,
-                 len(tasks) * config.group_size / max(elapsed, 1e-9))
-    return info
-
-
-@contextlib.contextmanager
-def _rendered_groups(config: FacesConfig, tasks: list[tuple[str, str, int]], processes: int) -> Iterator:
-    """An iterator of `_render_group` results in task order, from a pool of `processes` workers.
-
-    Workers are forked: they start at once and inherit the face model built here. They only run numpy,
-    scipy and PIL, never TensorFlow, which is why forking is safe even after the caller imported TF (the
-    CLI forks before it does). forkserver and spawn would re-import the caller's __main__ in every worker
-    (a training script: TensorFlow per worker; a stdin script: workers that die and are restarted forever).
-    """
-    load_face_model(config.face_model)  # Built once here; cached, so the forked workers inherit it.
-    processes = min(processes, len(tasks))
-    if processes <= 1:
-        _init_worker(config, limit_threads=False)
-        yield map(_render_group, tasks)
-        return
-    context = multiprocessing.get_context("fork")
-    with context.Pool(processes, initializer=_init_worker, initargs=(config, True)) as pool:
-        # Large chunks keep the parent's per-result overhead small; four chunks per worker balance the load.
-        chunksize = max(1, min(64, len(tasks) // (4 * processes)))
-        yield pool.imap(_render_group, tasks, chunksize=chunksize)
-
-
-def missing_shards(data_dir: str, config: FacesConfig) -> list[Shard]:
-    return [shard for shard in all_shards(data_dir, config) if not os.path.exists(shard.path)]
-
-
-def ensure_dataset(data_dir: str, config: FacesConfig, *, log: Callable[[str], None] = logging.info,
-                   processes: int | None = None) -> DatasetInfo:
-    """The dataset `config` describes in `data_dir`: generated if absent, resumed if incomplete.
-
-    Raises DatasetError when data_dir holds a dataset made with other settings (nothing is overwritten).
-    """
-    config.validate()
-    if not os.path.exists(records.dataset_json_path(data_dir)):
-        log(f"{data_dir} holds no dataset: generating the faces dataset there "
-            f"({config.image_size}x{config.image_size}, {config.groups_per_factor} training and "
-            f"{config.test_groups_per_factor} test groups per factor, seed {config.seed})")
-        return generate(data_dir, config, processes=processes)
-    info = _write_or_check_dataset_json(data_dir, config)
-    missing = missing_shards(data_dir, config)
-    if missing:
-        log(f"{data_dir}: {len(missing)} of {len(all_shards(data_dir, config))} shards missing, resuming generation")
-        return generate(data_dir, config, processes=processes)
-    for leftover in records.remove_stale_temp_files(data_dir):
-        log(f"removed {leftover}, left by a killed run")
-    return info
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line.
-
-def define_flags() -> None:
-    """The CLI's flags, defined only when this module runs as the program: the training job imports
-    this module and has flags of the same names (--data_dir, --image_size, ...)."""
-    _defaults = FacesConfig()
-    flags.DEFINE_string("data_dir", None, "Output directory (dataset.json, train/, test/).")
-    flags.DEFINE_integer("image_size", _defaults.image_size,
-                         f"Image side S in pixels ({MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}).")
-    flags.DEFINE_integer("group_size", _defaults.group_size, "Images per group (the paper: 20).")
-    flags.DEFINE_integer("groups_per_factor", _defaults.groups_per_factor, "Training groups per factor.")
-    flags.DEFINE_integer("test_groups_per_factor", _defaults.test_groups_per_factor, "Test groups per factor.")
-    flags.DEFINE_integer("num_shards", _defaults.num_shards, "Shard files per (split, factor).")
-    flags.DEFINE_integer("seed", _defaults.seed, "Random seed; the same flags give byte-identical files.")
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The command's flags, in its own FlagValues (the training job has flags of the same names)."""
+    defaults = faces.FacesConfig()
+    flags.DEFINE_string("data_dir", None, "Output directory (dataset.json, train/, test/).", flag_values=flag_values)
+    flags.DEFINE_integer("image_size", defaults.image_size,
+                         f"Image side S in pixels ({common.MIN_IMAGE_SIZE}..{common.MAX_IMAGE_SIZE}).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("group_size", defaults.group_size, "Images per group (the paper: 20).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("groups_per_factor", defaults.groups_per_factor, "Training groups per factor.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("test_groups_per_factor", defaults.test_groups_per_factor, "Test groups per factor.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("num_shards", defaults.num_shards, "Shard files per (split, factor).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("seed", defaults.seed, "Random seed; the same flags give byte-identical files.",
+                         flag_values=flag_values)
     flags.DEFINE_string("azimuth_range", "-1.5,1.5",
-                        "Face azimuth range lo,hi in RADIANS (positive: nose to image right).")
-    flags.DEFINE_string("elevation_range", "-0.4,0.4", "Face elevation range lo,hi in RADIANS (positive: nose up).")
+                        "Face azimuth range lo,hi in RADIANS (positive: nose to image right).", flag_values=flag_values)
+    flags.DEFINE_string("elevation_range", "-0.4,0.4", "Face elevation range lo,hi in RADIANS (positive: nose up).",
+                        flag_values=flag_values)
     flags.DEFINE_string("light_range_degrees", "-80,80",
-                        "Light azimuth range lo,hi in DEGREES (positive: light from image right); stored in radians.")
-    flags.DEFINE_string("face_model", _defaults.face_model, "Face model: 'procedural' or 'bfm:PATH'.")
-    flags.DEFINE_float("group_spread", _defaults.group_spread,
-                       "Fraction of a factor's range one group's values span (1: the whole range).")
-    flags.DEFINE_integer("processes", None, "Worker processes (default: one per core).")
-    flags.DEFINE_integer("shard_index", 0, "This task's index for a split run (0..num_tasks-1).")
+                        "Light azimuth range lo,hi in DEGREES (positive: light from image right); stored in radians.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("face_model", defaults.face_model, "Face model: 'procedural' or 'bfm:PATH'.",
+                        flag_values=flag_values)
+    flags.DEFINE_float("group_spread", defaults.group_spread,
+                       "Fraction of a factor's range one group's values span (1: the whole range).",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("processes", None, "Worker processes (default: one per core).", flag_values=flag_values)
+    flags.DEFINE_integer("shard_index", 0, "This task's index for a split run (0..num_tasks-1).",
+                         flag_values=flag_values)
     flags.DEFINE_integer("num_tasks", 1,
-                         "Number of tasks sharing the work (e.g. a Kubernetes Indexed Job's completions).")
-    flags.DEFINE_bool("progress", True, "Show a progress bar (on a terminal) or periodic log lines.")
-
-
-FLAGS = flags.FLAGS
-
-
-def _usage_error(message: str) -> None:
-    """One line on stderr and exit status 2, the convention for bad command-line input."""
-    sys.exit(cli.usage_error(PROGRAM, message))
+                         "Number of tasks sharing the work (e.g. a Kubernetes Indexed Job's completions).",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("progress", True, "Show a progress bar (on a terminal) or periodic log lines.",
+                      flag_values=flag_values)
 
 
 def _parse_range(flag_name: str, text: str, scale: float = 1.0) -> tuple[float, float]:
     try:
         low, high = (float(part) * scale for part in text.split(","))
     except ValueError:
-        _usage_error(f"--{flag_name} must be two numbers lo,hi, got {text!r}")
+        raise cli.UsageError(f"--{flag_name} must be two numbers lo,hi, got {text!r}") from None
     return low, high
 
 
-def config_from_flags() -> FacesConfig:
-    return FacesConfig(
-        image_size=FLAGS.image_size,
-        group_size=FLAGS.group_size,
-        groups_per_factor=FLAGS.groups_per_factor,
-        test_groups_per_factor=FLAGS.test_groups_per_factor,
-        num_shards=FLAGS.num_shards,
-        seed=FLAGS.seed,
-        azimuth_range=_parse_range("azimuth_range", FLAGS.azimuth_range),
-        elevation_range=_parse_range("elevation_range", FLAGS.elevation_range),
-        light_range=_parse_range("light_range_degrees", FLAGS.light_range_degrees, math.pi / 180.0),
-        face_model=FLAGS.face_model,
-        group_spread=FLAGS.group_spread,
+def config_from_flags(flag_values: flags.FlagValues) -> faces.FacesConfig:
+    return faces.FacesConfig(
+        image_size=flag_values.image_size,
+        group_size=flag_values.group_size,
+        groups_per_factor=flag_values.groups_per_factor,
+        test_groups_per_factor=flag_values.test_groups_per_factor,
+        num_shards=flag_values.num_shards,
+        seed=flag_values.seed,
+        azimuth_range=_parse_range("azimuth_range", flag_values.azimuth_range),
+        elevation_range=_parse_range("elevation_range", flag_values.elevation_range),
+        light_range=_parse_range("light_range_degrees", flag_values.light_range_degrees, math.pi / 180.0),
+        face_model=flag_values.face_model,
+        group_spread=flag_values.group_spread,
     )
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        _usage_error(f"unexpected arguments {argv[1:]}")
-    if not FLAGS.data_dir:
-        _usage_error("--data_dir is required")
-    config = config_from_flags()
+def body(flag_values: flags.FlagValues) -> None:
+    if not flag_values.data_dir:
+        raise cli.UsageError("--data_dir is required")
+    config = config_from_flags(flag_values)
     try:
         config.validate()
-        load_face_model(config.face_model)  # A bad spec fails here, once; the model is cached for the workers.
-        if FLAGS.num_tasks < 1 or not 0 <= FLAGS.shard_index < FLAGS.num_tasks:
-            raise ValueError(f"need num_tasks >= 1 and 0 <= shard_index < num_tasks, "
-                             f"got shard_index={FLAGS.shard_index} num_tasks={FLAGS.num_tasks}")
-        if FLAGS.processes is not None and FLAGS.processes < 1:
-            raise ValueError(f"processes must be at least 1, got {FLAGS.processes}")
-    except ValueError as error:
-        _usage_error(str(error))
-    try:
-        generate(FLAGS.data_dir, config, processes=FLAGS.processes, shard_index=FLAGS.shard_index,
-                 num_tasks=FLAGS.num_tasks, progress=FLAGS.progress)
-    except DatasetError as error:  # Another dataset in --data_dir, or a data_dir that cannot be written.
-        _usage_error(str(error))
+        faces.load_face_model(config.face_model)  # A bad spec fails here, once; the model is cached for the workers.
+        faces.check_task(flag_values.shard_index, flag_values.num_tasks)
+        common.check_processes(flag_values.processes)
+    except ValueError as error:  # Settings only: a ValueError from the generation itself would be a bug.
+        raise cli.UsageError(str(error)) from None
+    faces.generate(flag_values.data_dir, config, processes=flag_values.processes,
+                   shard_index=flag_values.shard_index, num_tasks=flag_values.num_tasks,
+                   progress=flag_values.progress)
+
+
+def user_error_types() -> tuple[type, ...]:
+    """A data_dir that holds another dataset or cannot be written (bad settings are UsageErrors already)."""
+    return (DatasetError,)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, user_error_types)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+    sys.exit(main())

@@ -1,4 +1,6 @@
-"""What the dataset converters (make_chairs, make_smallnorb) share: grouping, image preparation, writing, CLI.
+"""What the dataset sources (faces, chairs, smallNORB) share: split ids, settings checks, the process pool,
+progress, temp-file cleanup, the check of an existing dataset.json; and, for the two converters, grouping,
+image preparation and writing.
 
 A converter turns a labelled image collection into the grouped record format of `records.py`. Every image
 has an integer key, one column per label (for chairs: chair id, elevation, azimuth), and a group is
@@ -18,16 +20,17 @@ Numpy, PIL and the records module only: worker processes import this module and 
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
-import sys
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from absl import logging
 from PIL import Image
 
-from dcign_tf import cli
+from dcign_tf import progress as progress_lib
 from dcign_tf.data import records
 from dcign_tf.data.records import DatasetError, DatasetInfo
 
@@ -35,6 +38,7 @@ from dcign_tf.data.records import DatasetError, DatasetInfo
 Group = tuple[Sequence[bytes], np.ndarray, np.ndarray]
 
 SPLIT_IDS = {"train": 0, "test": 1}  # Stream ids that enter the seeds; fixed forever for reproducibility.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # What the training job accepts.
 
 
 class ConversionError(DatasetError):
@@ -44,6 +48,30 @@ class ConversionError(DatasetError):
 
 class OutputConflictError(DatasetError):
     """The data directory already holds a different dataset; nothing was written."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings.
+
+
+def check_settings(error: type[Exception], *, image_size: int, group_size: int, num_shards: int, seed: int) -> None:
+    """Raises `error` naming the first bad setting among those every source has."""
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise error(f"--image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {image_size}")
+    if group_size < 2:
+        raise error(f"--group_size must be at least 2 (a factor must vary in a group), got {group_size}")
+    if num_shards < 1:
+        raise error(f"--num_shards must be at least 1, got {num_shards}")
+    if seed < 0:
+        raise error(f"--seed must be non-negative, got {seed}")
+
+
+def check_processes(processes: int | None, error: type[Exception] = ValueError) -> int:
+    """`processes`, or one per core when None; raises `error` when it is below 1."""
+    processes = default_processes() if processes is None else processes
+    if processes < 1:
+        raise error(f"--processes must be at least 1, got {processes}")
+    return processes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,8 +178,7 @@ def write_dataset(data_dir: str, info: DatasetInfo, groups: Mapping[tuple[str, s
     Returns False when data_dir already holds exactly this dataset (nothing is rewritten), True after
     writing. Raises OutputConflictError when data_dir's dataset.json describes another dataset.
     """
-    for leftover in records.remove_stale_temp_files(data_dir):
-        logging.info("removed %s, left by a killed run", leftover)
+    remove_leftovers(data_dir)
     if already_converted(data_dir, info):
         return False
     total_shards = len(info.splits) * len(info.factors) * info.num_shards
@@ -185,14 +212,8 @@ def already_converted(data_dir: str, info: DatasetInfo) -> bool:
     """True when data_dir holds exactly `info`'s dataset, complete; False when it holds none (or an incomplete
     copy of it, to be rewritten). Raises OutputConflictError when its dataset.json describes another dataset.
     Cheap: converters call it before their slow image pass."""
-    json_path = records.dataset_json_path(data_dir)
-    if not os.path.exists(json_path):
+    if existing_dataset(data_dir, info) is None:
         return False
-    differences = DatasetInfo.load(data_dir).differences(info)
-    if differences:
-        raise OutputConflictError(
-            f"{json_path} describes another dataset ({'; '.join(differences)} [existing vs asked]); "
-            "use another --data_dir, or delete this one to convert again")
     missing = [path for split in info.splits for factor in info.factor_names
                for path in info.shard_paths(data_dir, split, factor) if not os.path.exists(path)]
     if missing:
@@ -200,6 +221,27 @@ def already_converted(data_dir: str, info: DatasetInfo) -> bool:
         return False
     logging.info("%s already holds this dataset; nothing to do", data_dir)
     return True
+
+
+def existing_dataset(data_dir: str, info: DatasetInfo) -> DatasetInfo | None:
+    """data_dir's dataset.json when it describes `info`'s dataset, None when there is none. Raises
+    OutputConflictError (one line listing the differences) when it describes another dataset."""
+    json_path = records.dataset_json_path(data_dir)
+    if not os.path.exists(json_path):
+        return None
+    existing = DatasetInfo.load(data_dir)
+    differences = existing.differences(info)
+    if differences:
+        raise OutputConflictError(
+            f"{json_path} was made with other settings ({'; '.join(differences)} [existing vs asked]); pass the "
+            "same flags to resume it, or use another --data_dir (or delete this one) for a new dataset")
+    return existing
+
+
+def remove_leftovers(data_dir: str, log: Callable[[str], None] = logging.info) -> None:
+    """Deletes the temp files that killed runs left in data_dir (records.remove_stale_temp_files), saying so."""
+    for leftover in records.remove_stale_temp_files(data_dir):
+        log(f"removed {leftover}, left by a killed run")
 
 
 def describe(info: DatasetInfo) -> str:
@@ -221,31 +263,49 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
-class ProgressLog:
-    """An INFO line every 10% of `total` items or every 30 s, with the rate."""
+@contextlib.contextmanager
+def ordered_map(function: Callable, items: Sequence, processes: int, *, initializer: Callable | None = None,
+                initargs: tuple = (), chunks_per_process: int = 4) -> Iterator[Iterable]:
+    """Yields an iterator of `function(item)` for every item, in order, computed by `processes` workers.
 
-    def __init__(self, total: int, what: str):
-        self.total, self.what, self.done = total, what, 0
-        self.start = self.last = time.monotonic()
+    Workers are forked: they start at once and inherit what the parent built (a face model, a config).
+    They only run numpy, scipy and PIL, never TensorFlow, which is why forking is safe even after the caller
+    imported TF. forkserver and spawn would re-import the caller's __main__ in every worker (a training
+    script: TensorFlow per worker; a stdin script: workers that die and are restarted forever). Each
+    worker gets one BLAS thread, since there is already one worker per core. With one process (or one
+    item) everything runs here. `initializer(*initargs)` runs once in every worker (or here).
+    """
+    processes = max(1, min(processes, len(items)))
+    if processes == 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield map(function, items)
+        return
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes, initializer=_init_worker, initargs=(initializer, initargs)) as pool:
+        # Large chunks keep the parent's per-result overhead small; several chunks per worker balance the load.
+        chunksize = max(1, min(64, len(items) // (chunks_per_process * processes)))
+        yield pool.imap(function, items, chunksize=chunksize)
 
-    def update(self, count: int = 1) -> None:
-        previous, self.done = self.done, self.done + count
-        now = time.monotonic()
-        if self.total and (now - self.last >= 30 or self.done * 10 // self.total > previous * 10 // self.total):
-            self.last = now
-            logging.info("%s: %d/%d (%.0f/s)", self.what, self.done, self.total,
-                         self.done / max(now - self.start, 1e-9))
 
-
-def fail(program: str, message: str) -> None:
-    """Prints `program: error: message` (one line) to stderr and exits with status 2."""
-    sys.exit(cli.usage_error(program, message))
-
-
-def run_main(program: str, convert: Callable[[], object]) -> None:
-    """Runs a converter's body, turning every DatasetError (bad input, another dataset in data_dir, a
-    data_dir that cannot be written) into one line on stderr and exit status 2."""
+def _init_worker(initializer: Callable | None, initargs: tuple) -> None:
     try:
-        convert()
-    except DatasetError as error:
-        fail(program, str(error))
+        import threadpoolctl
+        threadpoolctl.threadpool_limits(1)
+    except ImportError:
+        pass
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def mapped_with_progress(function: Callable, items: Sequence, processes: int, what: str, unit: str, *,
+                         chunks_per_process: int = 4) -> list:
+    """`[function(item) for item in items]` from `ordered_map`, with a progress report."""
+    progress = progress_lib.Progress(len(items), what, unit)
+    results = []
+    with ordered_map(function, items, processes, chunks_per_process=chunks_per_process) as mapped:
+        for result in mapped:
+            results.append(result)
+            progress.update()
+    progress.close()
+    return results

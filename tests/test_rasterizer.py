@@ -1,8 +1,8 @@
-"""Tests of the numpy z-buffer renderer: conventions, coverage, depth, determinism."""
+"""Tests of the numpy z-buffer rasterizer (dcign_tf.data.sources.rasterizer): conventions, coverage, depth, determinism."""
 import numpy as np
 import pytest
 
-from dcign_tf.data import face_model, renderer
+from dcign_tf.data.sources import face_model, rasterizer
 
 
 def _sphere(radius=0.8, rows=40, columns=80):
@@ -22,7 +22,7 @@ def _quad(half_size, z, clockwise=False):
 def test_sphere_covers_a_disc_of_the_expected_area(size):
     radius = 0.8
     vertices, triangles = _sphere(radius)
-    image = renderer.render(vertices, triangles, np.ones(len(vertices)), image_size=size,
+    image = rasterizer.render(vertices, triangles, np.ones(len(vertices)), image_size=size,
                             frame_radius=1.0)
     assert image.shape == (size, size) and image.dtype == np.float32
     assert image.min() >= 0.0 and image.max() <= 1.0
@@ -37,15 +37,15 @@ def test_sphere_covers_a_disc_of_the_expected_area(size):
 
 def test_frame_radius_scales_the_projection():
     vertices, triangles = _sphere(0.5)
-    small = renderer.render(vertices, triangles, np.ones(len(vertices)), image_size=64, frame_radius=2.0)
-    large = renderer.render(vertices, triangles, np.ones(len(vertices)), image_size=64, frame_radius=1.0)
+    small = rasterizer.render(vertices, triangles, np.ones(len(vertices)), image_size=64, frame_radius=2.0)
+    large = rasterizer.render(vertices, triangles, np.ones(len(vertices)), image_size=64, frame_radius=1.0)
     assert abs((large > 0).sum() / (small > 0).sum() - 4.0) < 0.2
 
 
 @pytest.mark.parametrize("light_azimuth, brighter", [(-1.2, "left"), (1.2, "right")])
 def test_light_azimuth_lights_the_matching_side_of_a_sphere(light_azimuth, brighter):
     vertices, triangles = _sphere()
-    image = renderer.render(vertices, triangles, np.ones(len(vertices)),
+    image = rasterizer.render(vertices, triangles, np.ones(len(vertices)),
                             light_azimuth=light_azimuth, image_size=64)
     left, right = image[:, :32].sum(), image[:, 32:].sum()
     assert (left > 1.5 * right) if brighter == "left" else (right > 1.5 * left)
@@ -53,9 +53,9 @@ def test_light_azimuth_lights_the_matching_side_of_a_sphere(light_azimuth, brigh
 
 def test_light_from_the_camera_gives_lambert_plus_ambient():
     vertices, triangles = _quad(0.5, 0.0)
-    image = renderer.render(vertices, triangles, np.full(4, 0.5), image_size=32, ambient=0.3)
+    image = rasterizer.render(vertices, triangles, np.full(4, 0.5), image_size=32, ambient=0.3)
     assert np.allclose(image[16, 16], 0.5)  # normal faces the light: albedo * 1
-    image = renderer.render(vertices, triangles, np.full(4, 0.5), light_azimuth=np.pi / 2,
+    image = rasterizer.render(vertices, triangles, np.full(4, 0.5), light_azimuth=np.pi / 2,
                             image_size=32, ambient=0.3)
     assert np.allclose(image[16, 16], 0.5 * 0.3)  # grazing light: ambient only
 
@@ -71,7 +71,7 @@ def test_z_buffer_keeps_the_nearest_surface(near_first):
     vertices = np.concatenate([parts[0][0], parts[1][0]])
     triangles = np.concatenate([parts[0][1], parts[1][1] + 4])
     albedo = np.concatenate([parts[0][2], parts[1][2]])
-    image = renderer.render(vertices, triangles, albedo, image_size=64)
+    image = rasterizer.render(vertices, triangles, albedo, image_size=64)
     assert np.allclose(image[32, 32], 0.25)  # the near quad hides the far one
     assert np.allclose(image[32, 10], 0.75)  # only the far quad is there
     assert image[0, 0] == 0.0
@@ -80,8 +80,8 @@ def test_z_buffer_keeps_the_nearest_surface(near_first):
 def test_back_faces_are_culled_unless_asked_not_to():
     vertices, triangles = _quad(0.5, 0.0, clockwise=True)
     albedo = np.ones(4)
-    assert renderer.render(vertices, triangles, albedo, image_size=32).max() == 0.0
-    two_sided = renderer.render(vertices, triangles, albedo, image_size=32, cull_back_faces=False)
+    assert rasterizer.render(vertices, triangles, albedo, image_size=32).max() == 0.0
+    two_sided = rasterizer.render(vertices, triangles, albedo, image_size=32, cull_back_faces=False)
     assert (two_sided > 0).sum() == 16 * 16 and np.allclose(two_sided[16, 16], 1.0)
 
 
@@ -104,13 +104,13 @@ def _nose_tip(vertices):
 
 def test_positive_azimuth_turns_the_nose_to_image_right():
     model, albedo = _marked_face(_nose_tip)
-    images = renderer.render_batch(model.mean_shape, model.triangles, albedo, [-0.6, 0.0, 0.6], 0.0,
+    images = rasterizer.render_batch(model.mean_shape, model.triangles, albedo, [-0.6, 0.0, 0.6], 0.0,
                                    0.0, 64, frame_radius=model.frame_radius)
     columns = [_bright_centroid(image)[1] for image in images]
     assert columns[0] < 32 - 5 and abs(columns[1] - 32) < 2 and columns[2] > 32 + 5
     # The silhouette follows: in profile the nose sticks out on the side it turned to.
     for azimuth in (-1.2, 1.2):
-        image = renderer.render(model.mean_shape, model.triangles, albedo, azimuth, 0.0, 0.0, 64,
+        image = rasterizer.render(model.mean_shape, model.triangles, albedo, azimuth, 0.0, 0.0, 64,
                                 frame_radius=model.frame_radius)
         row = int(round(_bright_centroid(image)[0]))
         columns = np.nonzero(image[row] > 0)[0]
@@ -120,7 +120,7 @@ def test_positive_azimuth_turns_the_nose_to_image_right():
 
 def test_positive_elevation_tilts_the_nose_up():
     model, albedo = _marked_face(_nose_tip)
-    images = renderer.render_batch(model.mean_shape, model.triangles, albedo, 0.0, [-0.4, 0.0, 0.4],
+    images = rasterizer.render_batch(model.mean_shape, model.triangles, albedo, 0.0, [-0.4, 0.0, 0.4],
                                    0.0, 64, frame_radius=model.frame_radius)
     rows = [_bright_centroid(image)[0] for image in images]
     assert rows[2] < rows[1] - 4 and rows[0] > rows[1] + 4  # row 0 is the top
@@ -128,7 +128,7 @@ def test_positive_elevation_tilts_the_nose_up():
 
 def test_light_from_the_left_brightens_the_left_of_the_face():
     model = face_model.procedural_face_model()
-    images = renderer.render_batch(model.mean_shape, model.triangles, model.mean_albedo, 0.0, 0.0,
+    images = rasterizer.render_batch(model.mean_shape, model.triangles, model.mean_albedo, 0.0, 0.0,
                                    [-1.0, 1.0], 64, frame_radius=model.frame_radius)
     for image, brighter_left in zip(images, (True, False)):
         left, right = image[:, :32].sum(), image[:, 32:].sum()
@@ -138,7 +138,7 @@ def test_light_from_the_left_brightens_the_left_of_the_face():
 def test_head_is_centred_and_fills_the_frame_at_every_pose():
     model = face_model.procedural_face_model()
     azimuth = np.linspace(-1.5, 1.5, 7)
-    images = renderer.render_batch(model.mean_shape, model.triangles, model.mean_albedo, azimuth,
+    images = rasterizer.render_batch(model.mean_shape, model.triangles, model.mean_albedo, azimuth,
                                    0.0, 0.0, 64, frame_radius=model.frame_radius)
     for image in images:
         rows, columns = np.nonzero(image[:44] > 0)  # the head, above the neck
@@ -154,19 +154,19 @@ def test_rendering_is_deterministic():
     vertices, albedo = model.instances(*model.sample_identities(rng, 4))
     args = (vertices, model.triangles, albedo, rng.uniform(-1, 1, 4), rng.uniform(-0.3, 0.3, 4),
             rng.uniform(-1, 1, 4), 48)
-    first = renderer.render_batch(*args, frame_radius=model.frame_radius)
-    second = renderer.render_batch(*args, frame_radius=model.frame_radius)
+    first = rasterizer.render_batch(*args, frame_radius=model.frame_radius)
+    second = rasterizer.render_batch(*args, frame_radius=model.frame_radius)
     assert first.tobytes() == second.tobytes()
 
 
 def test_batch_equals_single_images_and_broadcasts_shared_inputs():
     model = face_model.procedural_face_model()
     azimuth = np.array([-0.5, 0.2, 0.9])
-    batch = renderer.render_batch(model.mean_shape, model.triangles, model.mean_albedo, azimuth,
+    batch = rasterizer.render_batch(model.mean_shape, model.triangles, model.mean_albedo, azimuth,
                                   0.1, -0.3, 40, frame_radius=model.frame_radius)
     assert batch.shape == (3, 40, 40)
     for image, angle in zip(batch, azimuth):
-        single = renderer.render(model.mean_shape, model.triangles, model.mean_albedo, angle, 0.1,
+        single = rasterizer.render(model.mean_shape, model.triangles, model.mean_albedo, angle, 0.1,
                                  -0.3, 40, frame_radius=model.frame_radius)
         np.testing.assert_allclose(single, image, atol=1e-6)
 
@@ -174,15 +174,15 @@ def test_batch_equals_single_images_and_broadcasts_shared_inputs():
 def test_mismatched_batch_sizes_are_rejected():
     vertices, triangles = _sphere()
     with pytest.raises(ValueError, match="batch size"):
-        renderer.render_batch(np.stack([vertices] * 3), triangles, np.ones((2, len(vertices))),
+        rasterizer.render_batch(np.stack([vertices] * 3), triangles, np.ones((2, len(vertices))),
                               0.0, 0.0, 0.0, 32)
     with pytest.raises(ValueError, match="do not exist"):
-        renderer.render_batch(vertices, triangles + len(vertices), np.ones(len(vertices)),
+        rasterizer.render_batch(vertices, triangles + len(vertices), np.ones(len(vertices)),
                               0.0, 0.0, 0.0, 32)
 
 
 def test_vertex_normals_point_outwards_on_a_sphere():
     vertices, triangles = _sphere(1.0, 20, 30)
-    normals = renderer.vertex_normals(vertices, triangles)
+    normals = rasterizer.vertex_normals(vertices, triangles)
     assert normals.shape == vertices.shape
     assert np.all(np.einsum("vk,vk->v", normals, vertices) > 0.98)

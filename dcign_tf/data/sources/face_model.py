@@ -38,7 +38,7 @@ class MorphableModel:
       albedo_basis: [Ka, V] float32 albedo changes, each scaled by its std dev.
       triangles: [T, 3] int32 vertex indices (0-based), counter-clockwise seen from outside.
       frame_radius: model-space radius around the origin that should fill the image
-        half-width (pass it to ``renderer.render_batch``).
+        half-width (pass it to ``rasterizer.render_batch``).
       shape_mode_names, albedo_mode_names: optional human-readable names of the modes.
     """
 

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from dcign_tf.data.face_model import MorphableModel
+from dcign_tf.data.sources.face_model import MorphableModel
 from dcign_tf.data.records import DatasetError
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the same as PIL's RGB -> "L".

@@ -23,10 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def faces_dataset(tmp_path_factory):
     """The faces set configs/test.flags asks for, built once per session (32x32, groups of 4)."""
     from dcign_tf import config as config_lib
-    from dcign_tf.data import make_faces
+    from dcign_tf.data.sources import faces
     from dcign_tf.train import faces_config
 
     data_dir = str(tmp_path_factory.mktemp("faces_test"))
     config = config_lib.from_flagfile(os.path.join(REPO, "configs", "test.flags"))
-    make_faces.generate(data_dir, faces_config(config), progress=False)
+    faces.generate(data_dir, faces_config(config), progress=False)
     return data_dir

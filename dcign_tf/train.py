@@ -57,7 +57,8 @@ import keras  # noqa: E402
 from dcign_tf import callbacks as callbacks_lib  # noqa: E402
 from dcign_tf import distributed  # noqa: E402
 from dcign_tf import export as export_lib  # noqa: E402
-from dcign_tf.data import input_pipeline, make_faces, records  # noqa: E402
+from dcign_tf.data import input_pipeline, records  # noqa: E402
+from dcign_tf.data.sources import faces as faces_source  # noqa: E402
 from dcign_tf.latents import LayoutError  # noqa: E402
 from dcign_tf.model import DCIGN  # noqa: E402
 from dcign_tf import optimizer as optimizer_lib  # noqa: E402
@@ -170,8 +171,8 @@ def write_flags(config: config_lib.TrainConfig) -> None:
     export_lib.write_text_atomic(os.path.join(config.workdir, workdir_lib.FLAGS_FILE), config.to_flagfile())
 
 
-def faces_config(config: config_lib.TrainConfig) -> make_faces.FacesConfig:
-    return make_faces.FacesConfig(image_size=config.image_size, group_size=config.group_size,
+def faces_config(config: config_lib.TrainConfig) -> faces_source.FacesConfig:
+    return faces_source.FacesConfig(image_size=config.image_size, group_size=config.group_size,
                                   groups_per_factor=config.dataset_groups_per_factor,
                                   test_groups_per_factor=config.dataset_test_groups_per_factor,
                                   num_shards=config.dataset_num_shards, seed=config.dataset_seed,
@@ -181,7 +182,7 @@ def faces_config(config: config_lib.TrainConfig) -> make_faces.FacesConfig:
 def prepare_dataset(config: config_lib.TrainConfig) -> records.DatasetInfo:
     """Builds the faces set when missing (and says so), then checks it against the flags."""
     if config.dataset == "faces":
-        info = make_faces.ensure_dataset(config.data_dir, faces_config(config), log=logging.info)
+        info = faces_source.ensure_dataset(config.data_dir, faces_config(config), log=logging.info)
     else:
         info = input_pipeline.load_info(config.data_dir)
     for name in ("image_size", "group_size"):

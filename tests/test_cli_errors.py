@@ -23,12 +23,12 @@ PROGRAMS = {
     "dcign_tf.evaluate": ("dcign_tf.evaluate", "--groups_per_factor=abc"),
     "dcign_tf.render": ("dcign_tf.render", "--raw=maybe"),
     "dcign_tf.study": ("dcign_tf.study", "--parallel=abc"),
-    "dcign_tf.bench": ("dcign_tf.bench", "--threads=abc"),
+    "benchmarks.bench": ("benchmarks.bench", "--threads=abc"),
     "dcign_tf.data.make_faces": ("make_faces", "--image_size=abc"),
     "dcign_tf.data.make_chairs": ("make_chairs", "--image_size=abc"),
     "dcign_tf.data.make_smallnorb": ("make_smallnorb", "--image_size=abc"),
-    "dcign_tf.data.contact_sheet": ("contact_sheet", "--image_size=abc"),
-    "dcign_tf.data.render_speed": ("render_speed", "--seconds=abc"),
+    "tools.contact_sheet": ("tools.contact_sheet", "--image_size=abc"),
+    "benchmarks.render_speed": ("benchmarks.render_speed", "--seconds=abc"),
 }
 # TensorFlow's C++ start-up lines, which it prints to stderr whatever the program does.
 TF_NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following)")
@@ -99,9 +99,8 @@ IN_PROCESS = {
         ["dcign_tf.evaluate", *args]),
     "dcign_tf.render": lambda args: __import__("dcign_tf.render", fromlist=["main"]).main(["dcign_tf.render", *args]),
     "dcign_tf.study": lambda args: __import__("dcign_tf.study", fromlist=["main"]).main(["dcign_tf.study", *args]),
-    "dcign_tf.bench": lambda args: _exit_status(lambda: __import__("dcign_tf.bench", fromlist=["main"]).main(args)),
-    "dcign_tf.data.contact_sheet": lambda args: __import__("dcign_tf.data.contact_sheet", fromlist=["main"]).main(args),
-    "dcign_tf.data.render_speed": lambda args: __import__("dcign_tf.data.render_speed", fromlist=["main"]).main(args),
+    **{module: lambda args, module=module: __import__(module, fromlist=["main"]).main([module, *args])
+       for module in ("benchmarks.bench", "tools.contact_sheet", "benchmarks.render_speed")},
     # train, make_faces and the converters parse the global FLAGS with cli.flags_parser: train's stands for all.
     "dcign_tf.train": lambda args: _exit_status(lambda: _parse_train_flags(args)),
 }

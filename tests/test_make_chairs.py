@@ -15,9 +15,10 @@ import tensorflow as tf
 from PIL import Image
 
 from dcign_tf import io_utils
-from dcign_tf.data import input_pipeline, records
+from dcign_tf.data import input_pipeline
 from dcign_tf.data.sources import chairs, common
 from dcign_tf.data.records import DatasetInfo
+from data_checks import file_bytes, read_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CHAIRS = 7
@@ -65,27 +66,6 @@ def converted(source, tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("chairs"))
     chairs.convert(source, data_dir, CONFIG, processes=1)
     return data_dir
-
-
-def read_groups(data_dir, split, factor):
-    info = DatasetInfo.load(data_dir)
-    groups = []
-    for path in info.shard_paths(data_dir, split, factor):
-        for serialized in tf.data.TFRecordDataset(path):
-            example = tf.io.parse_single_example(serialized, records.feature_spec(info))
-            images = np.stack([tf.io.decode_png(png).numpy()[..., 0] for png in example["images"]])
-            values = example["factor_values"].numpy().reshape(info.group_size, len(info.factors))
-            groups.append((images, values, example["identity"].numpy(), example["active_factor"].numpy().decode()))
-    return groups
-
-
-def file_bytes(data_dir):
-    contents = {}
-    for root, _, names in os.walk(data_dir):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as file:
-                contents[os.path.relpath(os.path.join(root, name), data_dir)] = file.read()
-    return contents
 
 
 def block_position(image):

@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from dcign_tf.data import input_pipeline, records
+from dcign_tf.data import input_pipeline
 from dcign_tf.data.sources import faces
 from dcign_tf.data.records import DatasetError, DatasetInfo
+from data_checks import file_bytes, read_groups
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = faces.FacesConfig(image_size=32, group_size=4, groups_per_factor=3, test_groups_per_factor=2,
@@ -29,36 +29,11 @@ def reference_dir(tmp_path_factory):
     faces.generate(data_dir, CONFIG, processes=1, progress=False)
     return data_dir
 
-
-def file_bytes(data_dir):
-    """relative path -> contents of every file under data_dir."""
-    contents = {}
-    for root, _, names in os.walk(data_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as file:
-                contents[os.path.relpath(path, data_dir)] = file.read()
-    return contents
-
-
 def file_identities(data_dir):
     """path -> (inode, mtime) of every file: a rewritten (renamed-over) file gets a new inode."""
     return {os.path.join(root, name): (os.stat(os.path.join(root, name)).st_ino,
                                        os.stat(os.path.join(root, name)).st_mtime_ns)
             for root, _, names in os.walk(data_dir) for name in names}
-
-
-def read_groups(data_dir, split, factor):
-    info = DatasetInfo.load(data_dir)
-    groups = []
-    for path in info.shard_paths(data_dir, split, factor):
-        for serialized in tf.data.TFRecordDataset(path):
-            example = tf.io.parse_single_example(serialized, records.feature_spec(info))
-            images = np.stack([tf.io.decode_png(png).numpy()[..., 0] for png in example["images"]])
-            values = example["factor_values"].numpy().reshape(info.group_size, len(info.factors))
-            groups.append((images, values, example["identity"].numpy(), example["active_factor"].numpy().decode()))
-    return groups
-
 
 def test_layout_and_dataset_json(reference_dir):
     expected_shards = {f"{split}/{factor}-{index:05d}-of-00002.tfrecord"

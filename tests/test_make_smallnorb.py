@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dcign_tf.data import input_pipeline, records
+from dcign_tf.data import input_pipeline
 from dcign_tf.data.sources import common, smallnorb
-from dcign_tf.data.sources.common import ConversionError
 from dcign_tf.data.records import DatasetInfo
+from dcign_tf.data.sources.common import ConversionError
+from data_checks import file_bytes, read_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCES = {"train": (4, 6), "test": (0, 1)}  # smallNORB's split is by instance, as in the real data.
@@ -58,28 +59,6 @@ def converted(tmp_path_factory):
     with mock_smallnorb():
         smallnorb.convert(data_dir, CONFIG, tfds_data_dir=str(tmp_path_factory.mktemp("tfds")))
     return data_dir
-
-
-def read_groups(data_dir, split, factor):
-    info = DatasetInfo.load(data_dir)
-    groups = []
-    for path in info.shard_paths(data_dir, split, factor):
-        for serialized in tf.data.TFRecordDataset(path):
-            example = tf.io.parse_single_example(serialized, records.feature_spec(info))
-            images = np.stack([tf.io.decode_png(png).numpy()[..., 0] for png in example["images"]])
-            values = example["factor_values"].numpy().reshape(info.group_size, len(info.factors))
-            groups.append((images, values, example["identity"].numpy(), example["active_factor"].numpy().decode()))
-    return groups
-
-
-def file_bytes(data_dir):
-    contents = {}
-    for root, _, names in os.walk(data_dir):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as file:
-                contents[os.path.relpath(os.path.join(root, name), data_dir)] = file.read()
-    return contents
-
 
 def test_dataset_json(converted):
     info = DatasetInfo.load(converted)
@@ -177,7 +156,8 @@ def test_bad_input_is_a_one_line_conversion_error(tmp_path):
 
 
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
-    """Every ConversionError takes this path (common.run_main); the cases above check their messages.
+    """Every ConversionError takes this path (cli.run with common.user_error_types); the cases above check
+    their messages.
     (A missing tfds dataset reads `make_smallnorb: error: cannot load tfds 'smallnorb' ...`, exit 2, too; not
     run here because the subprocess would import TensorFlow and tfds for it.)"""
     for args, message in [

@@ -1,4 +1,4 @@
-"""Tests of the numpy z-buffer rasterizer (dcign_tf.data.sources.rasterizer): conventions, coverage, depth, determinism."""
+"""dcign_tf.data.sources.rasterizer, the numpy z-buffer rasterizer: conventions, coverage, depth, determinism."""
 import numpy as np
 import pytest
 

@@ -154,15 +154,8 @@ class TestCorruptData:
             input_pipeline.check_shards(data_dir, "train")
         assert_one_line(error.value, path, fragment, "rerun the dataset's generator")
 
-    @pytest.mark.parametrize("damaged", list(RECORD_LEVEL), indirect=True)
-    def test_record_level(self, damaged):
-        data_dir, path, fragment = damaged
-        with pytest.raises(DatasetError) as error:
-            input_pipeline.check_shards(data_dir, "train")
-        assert_one_line(error.value, f"{path}: record {BAD_RECORD}: ", fragment)
-
-    @pytest.mark.parametrize("damaged", list(IMAGE_LEVEL), indirect=True)
-    def test_image_level(self, damaged):
+    @pytest.mark.parametrize("damaged", [*RECORD_LEVEL, *IMAGE_LEVEL], indirect=True)
+    def test_record_and_image_level(self, damaged):
         data_dir, path, fragment = damaged
         with pytest.raises(DatasetError) as error:
             input_pipeline.check_shards(data_dir, "train")

@@ -19,8 +19,7 @@ from typing import Sequence
 from absl import flags
 
 from dcign_tf import cli
-from dcign_tf.data.records import DatasetError
-from dcign_tf.data.sources import chairs
+from dcign_tf.data.sources import chairs, common
 
 PROGRAM = "make_chairs"
 
@@ -29,26 +28,20 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     """The command's flags, in its own FlagValues (the training job has flags of the same names)."""
     defaults = chairs.ChairsConfig()
     flags.DEFINE_string("src", None, f"The rendered_chairs folder ({chairs.EXPECTED_LAYOUT}).", flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "Output directory (dataset.json, identities.tsv, train/, test/).",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("image_size", defaults.image_size, "Output image side S in pixels (the paper: 150).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("group_size", defaults.group_size, "Images per group (the paper: 20).",
-                         flag_values=flag_values)
+    common.define_source_flags(
+        flag_values, defaults, data_dir_help="Output directory (dataset.json, identities.tsv, train/, test/).",
+        image_size_help="Output image side S in pixels (the paper: 150).",
+        group_size_help="Images per group (the paper: 20).",
+        seed_help="Seeds the split and the groups; the same flags give identical files.",
+        processes_help="Worker processes decoding and resizing (default: one per core).")
     flags.DEFINE_integer("num_test_chairs", defaults.num_test_chairs,
                          "Chairs held out for the test split (193 of 1393 leaves the paper's 1200 for training).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("num_shards", defaults.num_shards, "Shard files per (split, factor).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("seed", defaults.seed, "Seeds the split and the groups; the same flags give identical files.",
                          flag_values=flag_values)
     flags.DEFINE_float("crop_fraction", defaults.crop_fraction,
                        "Keep the central fraction of each side before resizing (1: the whole render).",
                        flag_values=flag_values)
     flags.DEFINE_bool("invert", defaults.invert, "Invert gray levels: black background instead of the renders' white.",
                       flag_values=flag_values)
-    flags.DEFINE_integer("processes", None, "Worker processes decoding and resizing (default: one per core).",
-                         flag_values=flag_values)
 
 
 def body(flag_values: flags.FlagValues) -> None:
@@ -62,14 +55,8 @@ def body(flag_values: flags.FlagValues) -> None:
     chairs.convert(flag_values.src, flag_values.data_dir, config, processes=flag_values.processes)
 
 
-def user_error_types() -> tuple[type, ...]:
-    """Bad settings or input (ConversionError), another dataset in --data_dir, a --data_dir that cannot be
-    written: all DatasetErrors."""
-    return (DatasetError,)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run(argv, PROGRAM, __doc__, define_flags, body, user_error_types)
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, common.user_error_types)
 
 
 if __name__ == "__main__":

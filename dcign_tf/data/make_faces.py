@@ -21,7 +21,6 @@ from typing import Sequence
 from absl import flags
 
 from dcign_tf import cli
-from dcign_tf.data.records import DatasetError
 from dcign_tf.data.sources import common, faces
 
 PROGRAM = "make_faces"
@@ -30,19 +29,15 @@ PROGRAM = "make_faces"
 def define_flags(flag_values: flags.FlagValues) -> None:
     """The command's flags, in its own FlagValues (the training job has flags of the same names)."""
     defaults = faces.FacesConfig()
-    flags.DEFINE_string("data_dir", None, "Output directory (dataset.json, train/, test/).", flag_values=flag_values)
-    flags.DEFINE_integer("image_size", defaults.image_size,
-                         f"Image side S in pixels ({common.MIN_IMAGE_SIZE}..{common.MAX_IMAGE_SIZE}).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("group_size", defaults.group_size, "Images per group (the paper: 20).",
-                         flag_values=flag_values)
+    common.define_source_flags(
+        flag_values, defaults, data_dir_help="Output directory (dataset.json, train/, test/).",
+        image_size_help=f"Image side S in pixels ({common.MIN_IMAGE_SIZE}..{common.MAX_IMAGE_SIZE}).",
+        group_size_help="Images per group (the paper: 20).",
+        seed_help="Random seed; the same flags give byte-identical files.",
+        processes_help="Worker processes (default: one per core).")
     flags.DEFINE_integer("groups_per_factor", defaults.groups_per_factor, "Training groups per factor.",
                          flag_values=flag_values)
     flags.DEFINE_integer("test_groups_per_factor", defaults.test_groups_per_factor, "Test groups per factor.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("num_shards", defaults.num_shards, "Shard files per (split, factor).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("seed", defaults.seed, "Random seed; the same flags give byte-identical files.",
                          flag_values=flag_values)
     flags.DEFINE_string("azimuth_range", "-1.5,1.5",
                         "Face azimuth range lo,hi in RADIANS (positive: nose to image right).", flag_values=flag_values)
@@ -56,7 +51,6 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_float("group_spread", defaults.group_spread,
                        "Fraction of a factor's range one group's values span (1: the whole range).",
                        flag_values=flag_values)
-    flags.DEFINE_integer("processes", None, "Worker processes (default: one per core).", flag_values=flag_values)
     flags.DEFINE_integer("shard_index", 0, "This task's index for a split run (0..num_tasks-1).",
                          flag_values=flag_values)
     flags.DEFINE_integer("num_tasks", 1,
@@ -106,13 +100,8 @@ def body(flag_values: flags.FlagValues) -> None:
                    progress=flag_values.progress)
 
 
-def user_error_types() -> tuple[type, ...]:
-    """A data_dir that holds another dataset or cannot be written (bad settings are UsageErrors already)."""
-    return (DatasetError,)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run(argv, PROGRAM, __doc__, define_flags, body, user_error_types)
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, common.user_error_types)
 
 
 if __name__ == "__main__":

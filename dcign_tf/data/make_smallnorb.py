@@ -18,8 +18,7 @@ from typing import Sequence
 from absl import flags
 
 from dcign_tf import cli
-from dcign_tf.data.records import DatasetError
-from dcign_tf.data.sources import smallnorb
+from dcign_tf.data.sources import common, smallnorb
 
 PROGRAM = "make_smallnorb"
 
@@ -27,19 +26,15 @@ PROGRAM = "make_smallnorb"
 def define_flags(flag_values: flags.FlagValues) -> None:
     """The command's flags, in its own FlagValues (the training job has flags of the same names)."""
     defaults = smallnorb.SmallNorbConfig()
-    flags.DEFINE_string("data_dir", None, "Output directory (dataset.json, train/, test/).", flag_values=flag_values)
+    common.define_source_flags(
+        flag_values, defaults, data_dir_help="Output directory (dataset.json, train/, test/).",
+        image_size_help="Output image side S in pixels (source: 96).",
+        group_size_help="Images per group (at most 6: the lighting conditions).",
+        seed_help="Seeds the groups; the same flags give identical files.")
     flags.DEFINE_string("tfds_data_dir", None, "tfds's data_dir holding (or to receive) smallnorb "
                         "(default: tfds's own, ~/tensorflow_datasets).", flag_values=flag_values)
     flags.DEFINE_bool("download", True, "Let tfds download and prepare smallnorb when it is not there yet.",
                       flag_values=flag_values)
-    flags.DEFINE_integer("image_size", defaults.image_size, "Output image side S in pixels (source: 96).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("group_size", defaults.group_size, "Images per group (at most 6: the lighting conditions).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("num_shards", defaults.num_shards, "Shard files per (split, factor).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("seed", defaults.seed, "Seeds the groups; the same flags give identical files.",
-                         flag_values=flag_values)
 
 
 def body(flag_values: flags.FlagValues) -> None:
@@ -51,14 +46,8 @@ def body(flag_values: flags.FlagValues) -> None:
                       download=flag_values.download)
 
 
-def user_error_types() -> tuple[type, ...]:
-    """Bad settings or input (ConversionError), another dataset in --data_dir, a --data_dir that cannot be
-    written: all DatasetErrors."""
-    return (DatasetError,)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run(argv, PROGRAM, __doc__, define_flags, body, user_error_types)
+    return cli.run(argv, PROGRAM, __doc__, define_flags, body, common.user_error_types)
 
 
 if __name__ == "__main__":

@@ -72,21 +72,17 @@ KEY_CHAIR, KEY_ELEVATION, KEY_AZIMUTH = 0, 1, 2  # Columns of an image's groupin
 
 
 @dataclasses.dataclass(frozen=True)
-class ChairsConfig:
+class ChairsConfig(common.SourceConfig):
     """How the chairs are converted; equal configs on the same source give byte-identical datasets."""
 
-    image_size: int = 150
-    group_size: int = 20
+    settings_error = ConversionError
     num_test_chairs: int = 193
-    num_shards: int = 16
-    seed: int = 0
     crop_fraction: float = 1.0
     invert: bool = False
 
     def validate(self) -> None:
         """Raises ConversionError naming the first bad setting."""
-        common.check_settings(ConversionError, image_size=self.image_size, group_size=self.group_size,
-                              num_shards=self.num_shards, seed=self.seed)
+        super().validate()
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ConversionError(f"--crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.num_test_chairs < 1:

@@ -21,13 +21,14 @@ Numpy, PIL and the records module only: worker processes import this module and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import time
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from PIL import Image
 
 from dcign_tf import progress as progress_lib
@@ -39,6 +40,8 @@ Group = tuple[Sequence[bytes], np.ndarray, np.ndarray]
 
 SPLIT_IDS = {"train": 0, "test": 1}  # Stream ids that enter the seeds; fixed forever for reproducibility.
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # What the training job accepts.
+# define_source_flags defines flags for the commands: absl is to attribute them to the caller (its --help).
+flags.disclaim_key_flags()
 
 
 class ConversionError(DatasetError):
@@ -54,16 +57,33 @@ class OutputConflictError(DatasetError):
 # Settings.
 
 
-def check_settings(error: type[Exception], *, image_size: int, group_size: int, num_shards: int, seed: int) -> None:
-    """Raises `error` naming the first bad setting among those every source has."""
-    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise error(f"--image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {image_size}")
-    if group_size < 2:
-        raise error(f"--group_size must be at least 2 (a factor must vary in a group), got {group_size}")
-    if num_shards < 1:
-        raise error(f"--num_shards must be at least 1, got {num_shards}")
-    if seed < 0:
-        raise error(f"--seed must be non-negative, got {seed}")
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """The settings every source has; each source's config adds its own (and may change the defaults,
+    which are the paper's: 150x150 images in groups of 20).
+
+    image_size: S, images are [S, S].   group_size: G, images per group.   num_shards: shard files per
+    (split, factor).   seed: seeds every random choice (equal configs give byte-identical datasets).
+    """
+
+    settings_error: ClassVar[type[Exception]] = ValueError  # What `validate` raises.
+    image_size: int = 150
+    group_size: int = 20
+    num_shards: int = 16
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raises `settings_error` with a one-line message naming the first bad setting."""
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise self.settings_error(
+                f"--image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {self.image_size}")
+        if self.group_size < 2:
+            raise self.settings_error(f"--group_size must be at least 2 (a factor must vary in a group), "
+                                      f"got {self.group_size}")
+        if self.num_shards < 1:
+            raise self.settings_error(f"--num_shards must be at least 1, got {self.num_shards}")
+        if self.seed < 0:
+            raise self.settings_error(f"--seed must be non-negative, got {self.seed}")
 
 
 def check_processes(processes: int | None, error: type[Exception] = ValueError) -> int:
@@ -72,6 +92,31 @@ def check_processes(processes: int | None, error: type[Exception] = ValueError) 
     if processes < 1:
         raise error(f"--processes must be at least 1, got {processes}")
     return processes
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command lines (make_faces, make_chairs, make_smallnorb).
+
+
+def define_source_flags(flag_values: flags.FlagValues, defaults: SourceConfig, *, data_dir_help: str,
+                        image_size_help: str, group_size_help: str, seed_help: str,
+                        processes_help: str | None = None) -> None:
+    """Defines the flags every source's command has (--processes only where `processes_help` is given),
+    with `defaults`' values and the command's own help texts."""
+    flags.DEFINE_string("data_dir", None, data_dir_help, flag_values=flag_values)
+    flags.DEFINE_integer("image_size", defaults.image_size, image_size_help, flag_values=flag_values)
+    flags.DEFINE_integer("group_size", defaults.group_size, group_size_help, flag_values=flag_values)
+    flags.DEFINE_integer("num_shards", defaults.num_shards, "Shard files per (split, factor).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("seed", defaults.seed, seed_help, flag_values=flag_values)
+    if processes_help is not None:
+        flags.DEFINE_integer("processes", None, processes_help, flag_values=flag_values)
+
+
+def user_error_types() -> tuple[type, ...]:
+    """What a source's command reports in one line (exit 2): bad settings or input (ConversionError), a
+    --data_dir that holds another dataset or cannot be written; all DatasetErrors."""
+    return (DatasetError,)
 
 
 # ---------------------------------------------------------------------------------------------------

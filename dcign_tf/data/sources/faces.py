@@ -48,19 +48,15 @@ GENERATOR_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class FacesConfig:
+class FacesConfig(common.SourceConfig):
     """What the faces dataset is made of; equal configs give byte-identical datasets.
 
     Ranges are (lo, hi) in radians. Defaults follow the paper's scale: 150x150 images, groups of 20,
     3,000 training and 350 test groups per factor.
     """
 
-    image_size: int = 150
-    group_size: int = 20
     groups_per_factor: int = 3000
     test_groups_per_factor: int = 350
-    num_shards: int = 16
-    seed: int = 0
     azimuth_range: tuple[float, float] = (-1.5, 1.5)
     elevation_range: tuple[float, float] = (-0.4, 0.4)
     light_range: tuple[float, float] = (math.radians(-80.0), math.radians(80.0))
@@ -76,8 +72,7 @@ class FacesConfig:
 
     def validate(self) -> None:
         """Raises ValueError with a one-line message naming the first bad setting."""
-        common.check_settings(ValueError, image_size=self.image_size, group_size=self.group_size,
-                              num_shards=self.num_shards, seed=self.seed)
+        super().validate()
         for name in ("groups_per_factor", "test_groups_per_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")

@@ -74,18 +74,17 @@ def elevation_radians(label) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class SmallNorbConfig:
+class SmallNorbConfig(common.SourceConfig):
     """How smallNORB is converted; equal configs on the same tfds data give byte-identical datasets."""
 
+    settings_error = ConversionError
     image_size: int = 64
     group_size: int = 6
     num_shards: int = 4
-    seed: int = 0
 
     def validate(self) -> None:
         """Raises ConversionError naming the first bad setting."""
-        common.check_settings(ConversionError, image_size=self.image_size, group_size=self.group_size,
-                              num_shards=self.num_shards, seed=self.seed)
+        super().validate()
         if self.group_size > LABEL_SIZES["label_lighting"]:
             raise ConversionError(
                 f"--group_size={self.group_size} is more than smallNORB's {LABEL_SIZES['label_lighting']} lighting "

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from dcign_tf import io_utils
 from dcign_tf import model as model_lib  # noqa: F401 - registers DCIGN for keras.models.load_model
 from dcign_tf.optimizer import DCIGNRMSprop  # noqa: F401 - registers the optimizer likewise
 
@@ -55,7 +55,7 @@ def _write_export(model, temporary: str, info: dict) -> None:
         "decode", lambda latents: {"images": model.decode(latents)},
         input_signature=[tf.TensorSpec([None, model.config.num_latents], tf.float32, name="latents")])
     archive.write_out(os.path.join(temporary, SAVED_MODEL_DIR), verbose=False)
-    write_json_atomic(os.path.join(temporary, INFO_FILE), info)
+    io_utils.write_json_atomic(os.path.join(temporary, INFO_FILE), info)
 
 
 def load_model(export_dir: str):
@@ -83,27 +83,8 @@ def update_info(export_dir: str, **fields) -> dict:
     """Adds fields (e.g. a calibration) to an export's model_info.json, atomically."""
     info = read_info(export_dir)
     info.update(fields)
-    write_json_atomic(os.path.join(export_dir, INFO_FILE), info)
+    io_utils.write_json_atomic(os.path.join(export_dir, INFO_FILE), info)
     return info
-
-
-def write_json_atomic(path: str, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `path` whole or not at all: a temporary file, fsynced, then renamed; removed if writing fails."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
 
 
 def replace_directory(source: str, target: str) -> None:

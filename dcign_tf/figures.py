@@ -1,17 +1,21 @@
-"""Evaluation figures drawn with PIL (no plotting library): labelled image grids and scatter plots.
+"""Evaluation figures: labelled image grids (numpy tiles, PIL labels) and scatter plots (matplotlib).
 
 Every function returns a uint8 array (grayscale [H, W] or RGB [H, W, 3]) that goes both into a
 PNG (`save_png`) and into TensorBoard (`tf.summary.image`), so the two always show the same thing.
+Grids stay pixel-exact (each cell an image, enlarged by a whole factor); plots are drawn by matplotlib's
+Agg canvas (`rendered`: no display, no pyplot state), imported only when a plot is drawn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from dcign_tf import io_utils
 
 # Cells of a figure grid are enlarged (nearest neighbour) to at least this many pixels, so that
 # 32x32 faces stay visible and a column label fits above each.
@@ -19,8 +23,10 @@ MIN_CELL_PIXELS = 64
 PADDING = 2
 BACKGROUND = 128
 LABEL_HEIGHT = 14
-POINT_COLOUR = (31, 119, 180)
-LINE_COLOUR = (214, 39, 40)
+POINT_COLOUR = "#1f77b4"
+LINE_COLOUR = "#d62728"
+DPI = 100
+PLOT_MARGINS = (66, 12, 24, 40)  # a plot's left, right, top and bottom margins in pixels: ticks and labels
 
 
 def _font(size: int = 10):
@@ -28,14 +34,6 @@ def _font(size: int = 10):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font.
         return ImageFont.load_default()
-
-
-def to_uint8(image) -> np.ndarray:
-    """Floats in [0, 1] -> uint8 0..255 (rounded, clipped); uint8 passes through."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image
-    return np.clip(np.rint(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
@@ -81,7 +79,7 @@ def labelled_grid(cells, column_labels: Sequence[str] | None = None, row_labels:
         for col in range(cols):
             x = left + PADDING + col * (cell_w + PADDING)
             y = top + PADDING + row * (cell_h + PADDING)
-            canvas.paste(Image.fromarray(enlarge(to_uint8(cells[row, col]), factor)), (x, y))
+            canvas.paste(Image.fromarray(enlarge(io_utils.to_uint8(cells[row, col]), factor)), (x, y))
     for col, label in enumerate(column_labels or []):
         x = left + PADDING + col * (cell_w + PADDING) + cell_w / 2
         draw.text((x, top / 2 + 1), str(label), fill=0, font=font, anchor="mm")
@@ -91,106 +89,75 @@ def labelled_grid(cells, column_labels: Sequence[str] | None = None, row_labels:
     return np.asarray(canvas)
 
 
-def _nice_ticks(low: float, high: float, count: int = 5) -> np.ndarray:
-    """About `count` round tick values covering [low, high]."""
-    if not high > low:
-        return np.array([low])
-    raw = (high - low) / max(1, count - 1)
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step) * step
-    ticks = np.round(np.arange(first, high + step * 1e-6, step) / step) * step
-    ticks[np.abs(ticks) < step * 1e-9] = 0.0  # "0", not "1.1e-17" from accumulated rounding
-    return ticks
+@dataclasses.dataclass(frozen=True)
+class ScatterPanel:
+    """One scatter plot: y [N] against x [N] (non-finite points are dropped), with an optional fitted line
+    y = slope x + intercept (data units) drawn across it."""
+
+    x: np.ndarray
+    y: np.ndarray
+    title: str
+    x_label: str
+    y_label: str
+    line: tuple[float, float] | None = None
 
 
-def _padded_range(values: np.ndarray) -> tuple[float, float]:
-    low, high = float(np.min(values)), float(np.max(values))
-    margin = 0.05 * (high - low) if high > low else max(abs(low) * 0.05, 0.5)
-    return low - margin, high + margin
+def rendered(figure) -> np.ndarray:
+    """A matplotlib Figure drawn by the Agg canvas (no display) -> uint8 RGB [H, W, 3]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def scatter_panel(x, y, title: str, x_label: str, y_label: str, line: tuple[float, float] | None = None,
-                  size: tuple[int, int] = (360, 320), max_points: int = 3000, seed: int = 0) -> np.ndarray:
-    """One scatter plot of y against x, with axes, ticks, labels and an optional line y = a x + b.
+def scatter_plots(panels: Sequence[ScatterPanel], panel_size: tuple[int, int] = (360, 320), max_points: int = 3000,
+                  seed: int = 0) -> np.ndarray:
+    """The panels side by side, each with axes, ticks, labels and its line.
 
     Args:
-      x, y: [N] floats (non-finite points are dropped).
-      title: drawn above the plot (e.g. the factor and its correlations).
-      line: (slope, intercept) of a fitted line to overlay, in data units.
-      size: (width, height) in pixels.
-      max_points: a random subset of at most this many points is drawn.
+      panels: one per plot, left to right.
+      panel_size: (width, height) of each panel in pixels.
+      max_points: a random subset (from `seed`) of at most this many points is drawn per panel.
 
     Returns:
-      uint8 RGB [height, width, 3].
+      uint8 RGB [height, width * len(panels), 3].
     """
-    x = np.asarray(x, np.float64).reshape(-1)
-    y = np.asarray(y, np.float64).reshape(-1)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if x.size > max_points:
-        chosen = np.random.default_rng(seed).choice(x.size, max_points, replace=False)
-        x, y = x[chosen], y[chosen]
-    width, height = size
-    margin_left, margin_right, margin_top, margin_bottom = 56, 12, 24, 40
-    image = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    font = _font()
-    draw.text((width / 2, margin_top / 2), title, fill=(0, 0, 0), font=font, anchor="mm")
-    plot_w, plot_h = width - margin_left - margin_right, height - margin_top - margin_bottom
-    draw.rectangle([margin_left, margin_top, margin_left + plot_w, margin_top + plot_h], outline=(0, 0, 0))
-    if x.size == 0:
-        draw.text((margin_left + plot_w / 2, margin_top + plot_h / 2), "no finite points", fill=(0, 0, 0),
-                  font=font, anchor="mm")
-        return np.asarray(image)
-    x_low, x_high = _padded_range(x)
-    y_low, y_high = _padded_range(y)
+    from matplotlib.figure import Figure
 
-    def to_pixel(px, py):
-        return (margin_left + (px - x_low) / (x_high - x_low) * plot_w,
-                margin_top + plot_h - (py - y_low) / (y_high - y_low) * plot_h)
-
-    for tick in _nice_ticks(x_low, x_high):
-        px, _ = to_pixel(tick, y_low)
-        draw.line([px, margin_top + plot_h, px, margin_top + plot_h + 4], fill=(0, 0, 0))
-        draw.text((px, margin_top + plot_h + 6), f"{tick:.3g}", fill=(0, 0, 0), font=font, anchor="mt")
-    for tick in _nice_ticks(y_low, y_high):
-        _, py = to_pixel(x_low, tick)
-        draw.line([margin_left - 4, py, margin_left, py], fill=(0, 0, 0))
-        draw.text((margin_left - 6, py), f"{tick:.3g}", fill=(0, 0, 0), font=font, anchor="rm")
-    draw.text((margin_left + plot_w / 2, height - 4), x_label, fill=(0, 0, 0), font=font, anchor="mb")
-    label = Image.new("RGB", (int(font.getlength(y_label)) + 4, 14), (255, 255, 255))
-    ImageDraw.Draw(label).text((2, 7), y_label, fill=(0, 0, 0), font=font, anchor="lm")
-    label = label.rotate(90, expand=True)
-    image.paste(label, (2, int(margin_top + plot_h / 2 - label.height / 2)))
-    if line is not None and all(math.isfinite(value) for value in line):
-        segment = _clip_line(*line, x_low, x_high, y_low, y_high)
-        if segment is not None:
-            (x0, y0), (x1, y1) = segment
-            draw.line([to_pixel(x0, y0), to_pixel(x1, y1)], fill=LINE_COLOUR, width=1)
-    for px, py in zip(*to_pixel(x, y)):
-        draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=POINT_COLOUR)
-    return np.asarray(image)
-
-
-def _clip_line(slope, intercept, x_low, x_high, y_low, y_high):
-    """The part of y = slope x + intercept inside the box, as two (x, y) ends, or None."""
-    if slope == 0:
-        return ((x_low, intercept), (x_high, intercept)) if y_low <= intercept <= y_high else None
-    ends = sorted([(y_low - intercept) / slope, (y_high - intercept) / slope])
-    start, stop = max(x_low, ends[0]), min(x_high, ends[1])
-    if start >= stop:
-        return None
-    return (start, slope * start + intercept), (stop, slope * stop + intercept)
-
-
-def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenates same-height RGB panels left to right."""
-    return np.concatenate(list(panels), axis=1)
+    width, height = panel_size
+    total = width * len(panels)
+    figure = Figure(figsize=(total / DPI, height / DPI), dpi=DPI)
+    left, right, top, bottom = PLOT_MARGINS
+    for index, panel in enumerate(panels):
+        # Fixed margins in pixels rather than a layout engine, which costs more than the plot itself.
+        axes = figure.add_axes(((index * width + left) / total, bottom / height, (width - left - right) / total,
+                                (height - top - bottom) / height))
+        x = np.asarray(panel.x, np.float64).reshape(-1)
+        y = np.asarray(panel.y, np.float64).reshape(-1)
+        keep = np.isfinite(x) & np.isfinite(y)
+        x, y = x[keep], y[keep]
+        if x.size > max_points:
+            chosen = np.random.default_rng(seed).choice(x.size, max_points, replace=False)
+            x, y = x[chosen], y[chosen]
+        axes.set_title(panel.title, fontsize=8)
+        axes.set_xlabel(panel.x_label, fontsize=8)
+        axes.set_ylabel(panel.y_label, fontsize=8)
+        axes.tick_params(labelsize=7)
+        axes.locator_params(nbins=5)  # about five round ticks per axis, as many as the narrow panel holds
+        if x.size == 0:
+            axes.text(0.5, 0.5, "no finite points", transform=axes.transAxes, ha="center", va="center", fontsize=8)
+            continue
+        axes.scatter(x, y, s=6, color=POINT_COLOUR, linewidths=0)
+        if panel.line is not None and all(math.isfinite(value) for value in panel.line):
+            slope, intercept = panel.line
+            axes.set_xlim(axes.get_xlim())  # the points' limits, fixed: the line must not widen them
+            axes.set_ylim(axes.get_ylim())
+            axes.axline((0.0, intercept), slope=slope, color=LINE_COLOUR, linewidth=1)
+    return rendered(figure)
 
 
 def save_png(path: str, image) -> None:
-    """Writes a uint8 (or [0, 1] float) grayscale or RGB image as PNG, atomically (temp file, rename)."""
-    temporary = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(to_uint8(image)).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    """Writes a uint8 (or [0, 1] float) grayscale or RGB image as PNG, atomically (io_utils.atomic_path)."""
+    with io_utils.atomic_path(path) as temp_path:
+        Image.fromarray(io_utils.to_uint8(image)).save(temp_path, format="PNG")

@@ -66,7 +66,7 @@ from PIL import Image, ImageOps
 
 from dcign_tf import calibration as calibration_lib
 from dcign_tf import cli
-from dcign_tf import figures
+from dcign_tf import io_utils
 from dcign_tf import render as render_lib
 from dcign_tf.analysis import scores, selection
 
@@ -254,7 +254,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     """A float [0, 1] or uint8 grey image [H, W] -> PNG bytes."""
     from dcign_tf.data import records
 
-    return records.encode_png(figures.to_uint8(np.asarray(image)))
+    return records.encode_png(io_utils.to_uint8(np.asarray(image)))
 
 
 def data_url(image: np.ndarray) -> str:

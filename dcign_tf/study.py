@@ -79,6 +79,7 @@ from dcign_tf.analysis import evaluation as evaluation_lib
 from dcign_tf.analysis import report as report_lib
 from dcign_tf.analysis import selection as selection_lib
 from dcign_tf import export as export_lib
+from dcign_tf import io_utils
 from dcign_tf import workdir as workdir_lib
 from dcign_tf.data import records
 
@@ -370,7 +371,7 @@ def check_study_home(study: Study, directory: str, create: bool) -> None:
                          "--study_dir / --results_dir")
     if create:
         os.makedirs(directory, exist_ok=True)
-        export_lib.write_json_atomic(path, definition)
+        io_utils.write_json_atomic(path, definition)
 
 
 def latest_checkpoint_step(run_dir: str) -> int | None:
@@ -467,7 +468,7 @@ def write_run_summary(run: Run, study: Study, seconds: Mapping[str, float | None
     shutil.copyfile(os.path.join(run.dir, FLAGS_FILE), os.path.join(temporary, FLAGS_FILE))
     shutil.copyfile(os.path.join(run.dir, report_lib.EVAL_DIR, report_lib.METRICS_FILE),
                     os.path.join(temporary, report_lib.METRICS_FILE))
-    export_lib.write_json_atomic(os.path.join(temporary, RUN_FILE), {
+    io_utils.write_json_atomic(os.path.join(temporary, RUN_FILE), {
         "study": study.name, "cell": run.cell.name, "cell_flags": list(run.cell.flags), "seed": run.seed,
         "step": export_step(run.dir), "evaluation": study.evaluation(run),
         "seconds": {stage: None if value is None else round(value, 1) for stage, value in seconds.items()},
@@ -674,7 +675,7 @@ def write_summary(study: Study, directory: str, headline: Sequence[str]) -> dict
     if _read_json(json_path, None) == json.loads(json.dumps(summary)) and \
             os.path.exists(os.path.join(directory, SUMMARY_MD)):
         return summary
-    export_lib.write_json_atomic(json_path, summary)
+    io_utils.write_json_atomic(json_path, summary)
     has_figure = bool(summary["headline"])
     if has_figure:
         figures.save_png(os.path.join(directory, SUMMARY_FIGURE), summary_figure(summary))
@@ -894,7 +895,7 @@ class Runner:
         progress = self.progress[run.index]
         progress.failure = message
         os.makedirs(self.logs_dir, exist_ok=True)
-        export_lib.write_json_atomic(os.path.join(self.logs_dir, f"{run.log_stem}.failure.json"), {
+        io_utils.write_json_atomic(os.path.join(self.logs_dir, f"{run.log_stem}.failure.json"), {
             "stage": stage, "message": message, "log": log_path,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
         say(f"FAILED    {run.name:<24} {message}" + (f" (log: {log_path})" if log_path else ""))

@@ -57,6 +57,7 @@ import keras  # noqa: E402
 from dcign_tf import callbacks as callbacks_lib  # noqa: E402
 from dcign_tf import distributed  # noqa: E402
 from dcign_tf import export as export_lib  # noqa: E402
+from dcign_tf import io_utils  # noqa: E402
 from dcign_tf.data import input_pipeline, records  # noqa: E402
 from dcign_tf.data.sources import faces as faces_source  # noqa: E402
 from dcign_tf.latents import LayoutError  # noqa: E402
@@ -168,7 +169,7 @@ def unused_path(path: str) -> str:
 
 def write_flags(config: config_lib.TrainConfig) -> None:
     """{workdir}/flags.txt: the resolved flags, written atomically."""
-    export_lib.write_text_atomic(os.path.join(config.workdir, workdir_lib.FLAGS_FILE), config.to_flagfile())
+    io_utils.write_text_atomic(os.path.join(config.workdir, workdir_lib.FLAGS_FILE), config.to_flagfile())
 
 
 def faces_config(config: config_lib.TrainConfig) -> faces_source.FacesConfig:

@@ -28,7 +28,3 @@ def reconstruction_panel(model, images: np.ndarray) -> np.ndarray:
     reconstructions = np.asarray(model(images))
     return image_grid(np.stack([images, reconstructions]))
 
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[...] in [0, 1] -> uint8 [...] in 0..255, rounded."""
-    return np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)

@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from dcign_tf import figures
+from dcign_tf import io_utils
 from dcign_tf.analysis.scores import Analysis
 from dcign_tf.analysis.selection import TestSample
 
@@ -39,12 +40,12 @@ def scatter_figure(factor: str, sample: TestSample, analyses: Mapping[str, Analy
         latent = analysis.chosen[factor]
         scores = analysis.metrics["equivariance"][factor]
         line = analysis.calibration.get(factor)
-        panels.append(figures.scatter_panel(
+        panels.append(figures.ScatterPanel(
             sample.values(factor), analysis.codes[:, latent],
             f"{label} {factor}: pearson {scores['pearson']:.2f}, spearman {scores['spearman']:.2f}",
             f"true {factor} ({unit})", f"latent z{latent} (posterior mean)",
             line=(line["slope"], line["intercept"]) if line else None))
-    return figures.side_by_side(panels)
+    return figures.scatter_plots(panels)
 
 
 def novel_view_figure(sample: TestSample, pairs: np.ndarray, analyses: Mapping[str, Analysis], factor: str,
@@ -89,10 +90,8 @@ def write_figures(eval_dir: str, step: int, metrics: Mapping, images: Mapping[st
 
 def write_metrics(eval_dir: str, metrics: Mapping) -> str:
     """Writes eval_dir/metrics.json atomically (non-finite numbers as null); returns its path."""
-    from dcign_tf.export import write_json_atomic
-
     path = os.path.join(eval_dir, METRICS_FILE)
-    write_json_atomic(path, finite_or_none(metrics))
+    io_utils.write_json_atomic(path, finite_or_none(metrics))
     return path
 
 

@@ -10,7 +10,18 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dcign_tf", "dcign_tf.*"]),
     include_package_data=True,
-    package_data={"dcign_tf": ["configs/*.flags", "k8s_schemas/*.json", "studio_page.html"]},
+    package_data={"dcign_tf": ["studio_page.html"]},  # the studio's page, read next to studio.py
+    # One command per entry point; each is also `python -m <module>`.
+    entry_points={"console_scripts": [
+        "dcign-train = dcign_tf.train:main",
+        "dcign-evaluate = dcign_tf.evaluate:main",
+        "dcign-render = dcign_tf.render:main",
+        "dcign-studio = dcign_tf.studio:main",
+        "dcign-study = dcign_tf.study:main",
+        "dcign-make-faces = dcign_tf.data.make_faces:main",
+        "dcign-make-chairs = dcign_tf.data.make_chairs:main",
+        "dcign-make-smallnorb = dcign_tf.data.make_smallnorb:main",
+    ]},
     install_requires=[
         "tensorflow>=2.18",
         "keras>=3.8",

@@ -1,11 +1,9 @@
 """Flag parsing shared by every dcign_tf command: one line on stderr and exit code 2 for anything the
 user can fix, instead of absl's "FATAL Flags parsing error" (exit 1) or a traceback.
 
-Two ways in, one parser (`parse`):
-- `run(...)`: the command gets its own absl FlagValues (so evaluate, render, bench... can share a
-  process with `dcign_tf.train`, which defines the same names globally) and a body to run;
-- `flags_parser(program)`: for programs started with `absl.app.run(main, flags_parser=...)` on the
-  global FLAGS (train, make_faces, the converters).
+Every entry point is a module ending in `main(argv) -> int: return cli.run(argv, PROGRAM, __doc__,
+define_flags, body, user_error_types)`: its flags are defined in a FlagValues of its own, at run time
+(no module defines flags when imported, so the commands can share a process), and parsed by `parse`.
 
 Flagfiles are checked before absl reads them: a missing, unreadable or non-text flagfile, and a
 flagfile that includes itself (directly or through others; absl would skip it with a warning and go
@@ -101,16 +99,17 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
         raise UsageError(f"{one_line(error)} {FLAGS_HINT}") from None
 
 
-def flags_parser(program: str, flag_values: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]], list[str]]:
-    """A `flags_parser` for `absl.app.run`: `parse`, with one line and exit 2 on a usage error."""
+def log_to_stderr() -> None:
+    """absl's INFO lines on stderr, as `absl.app.run` set them up: for bodies that log with absl.
 
-    def parse_or_exit(argv: list[str]) -> list[str]:
-        try:
-            return parse(flag_values, argv)
-        except UsageError as error:
-            sys.exit(usage_error(program, str(error)))
+    The global FLAGS are marked parsed (they hold no flags of ours): absl otherwise prefixes the first
+    line with "Logging before flag parsing goes to stderr".
+    """
+    from absl import logging
 
-    return parse_or_exit
+    flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
 
 
 def run(argv: Sequence[str] | None, program: str, doc: str, define_flags: Callable[[flags.FlagValues], None],

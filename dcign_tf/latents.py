@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # The paper's faces layout (Figure 2): one latent each for face azimuth, face elevation and
 # light azimuth, the rest for the face's intrinsic properties (shape and texture).
@@ -108,13 +111,6 @@ class LatentLayout:
             mask[row, list(self.factor_latents[name])] = 1.0
         return mask
 
-    def latent_factor(self, index: int) -> str:
-        """The factor that latent `index` encodes."""
-        for name, indices in self.factor_latents.items():
-            if index in indices:
-                return name
-        raise IndexError(index)
-
 
 def _parse_indices(spec: str, name: str, num_latents: int) -> list[int]:
     indices: list[int] = []
@@ -145,6 +141,8 @@ def _format_indices(indices, sep: str = ",") -> str:
 
 def group_mean(values: tf.Tensor) -> tf.Tensor:
     """Mean over each group: values [groups, group_size, L] -> [groups, 1, L]."""
+    import tensorflow as tf  # here, not at the top: the layout is read where TensorFlow is not needed
+
     return tf.reduce_mean(values, axis=1, keepdims=True)
 
 
@@ -161,6 +159,8 @@ def clamp_to_group_mean(values: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
       mean is a constant for autodiff: clamped latents get no reconstruction gradient, the
       caller gives them the invariance gradient instead.
     """
+    import tensorflow as tf
+
     return active * values + (1.0 - active) * tf.stop_gradient(group_mean(values))
 
 
@@ -185,6 +185,8 @@ def clamped_deviation(values: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
 
     values [groups, group_size, L], active [groups, 1, L]. 0 means perfectly invariant.
     """
+    import tensorflow as tf
+
     inactive = 1.0 - active
     squared = inactive * tf.square(values - group_mean(values))
     count = tf.reduce_sum(inactive) * tf.cast(tf.shape(values)[1], values.dtype)

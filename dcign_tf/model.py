@@ -20,57 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from dcign_tf import latents
-
-MODES = ("dcign", "baseline")
+from dcign_tf.config import ENCODER_KERNEL, LIKELIHOODS, ModelConfig
 
 # Each decoder block doubles the map and a 7x7 valid convolution takes 6 off it, so four blocks
 # turn an s x s map into 16 s - 90 pixels (15 -> 150 for the paper's size).
 _DECODER_BLOCKS = 4
 _DECODER_KERNEL = 7
-_ENCODER_KERNEL = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture. The defaults are the paper's 150x150 network."""
-
-    image_size: int = 150
-    num_latents: int = 200
-    encoder_filters: tuple[int, ...] = (96, 48, 24)
-    decoder_filters: tuple[int, ...] = (48, 96, 96)
-    # "valid" as in the paper; "same" keeps small images (32x32) from shrinking to nothing;
-    # "auto" picks "valid" when it leaves at least a 2x2 map.
-    encoder_padding: str = "auto"
-    # How the decoder's upsample-then-convolve blocks are computed; both are the same function.
-    decoder_implementation: str = "subpixel"
-
-    def __post_init__(self):
-        if not 16 <= self.image_size <= 512:
-            raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
-        if len(self.encoder_filters) != 3 or len(self.decoder_filters) != 3:
-            raise ValueError("encoder_filters and decoder_filters take three widths each (the paper's 96,48,24 and 48,96,96)")
-        if min(self.encoder_filters + self.decoder_filters) < 1 or self.num_latents < 1:
-            raise ValueError("filter widths and num_latents must be positive")
-        if self.encoder_padding not in ("auto", "valid", "same"):
-            raise ValueError(f"encoder_padding must be auto, valid or same, got {self.encoder_padding!r}")
-        if self.resolved_encoder_padding == "valid" and encoder_output_size(self.image_size, "valid") < 1:
-            raise ValueError(f"image_size {self.image_size} is too small for valid 5x5 convolutions; use encoder_padding=same")
-
-    @property
-    def resolved_encoder_padding(self) -> str:
-        if self.encoder_padding != "auto":
-            return self.encoder_padding
-        return "valid" if encoder_output_size(self.image_size, "valid") >= 2 else "same"
-
-
-def encoder_output_size(image_size: int, padding: str) -> int:
-    """Side of the encoder's last feature map: three (5x5 conv, 2x2 pool) stages."""
-    size = image_size
-    for _ in range(3):
-        if padding == "valid":
-            size -= _ENCODER_KERNEL - 1
-        size //= 2
-    return size
 
 
 def decoder_start_size(image_size: int) -> int:
@@ -83,7 +38,7 @@ def build_encoder(config: ModelConfig) -> keras.Model:
     images = keras.Input((config.image_size, config.image_size, 1), name="images")
     features = images
     for index, filters in enumerate(config.encoder_filters):
-        features = keras.layers.Conv2D(filters, _ENCODER_KERNEL, padding=config.resolved_encoder_padding,
+        features = keras.layers.Conv2D(filters, ENCODER_KERNEL, padding=config.resolved_encoder_padding,
                                        name=f"conv{index + 1}")(features)
         features = keras.layers.MaxPooling2D(2, name=f"pool{index + 1}")(features)
         features = keras.layers.ReLU(name=f"relu{index + 1}")(features)
@@ -176,9 +131,6 @@ def build_decoder(config: ModelConfig) -> keras.Model:
     return keras.Model(z, features, name="decoder")
 
 
-LIKELIHOODS = ("bernoulli", "gaussian")
-
-
 def sgvb_terms(images, logits, mean, log_variance, likelihood="bernoulli", pixel_sigma=0.0):
     """Per-image SGVB terms.
 
@@ -238,67 +190,25 @@ class DCIGN(keras.Model):
 
     Args:
       factor_names: the data's factors, in the data's order (active_factor indexes it).
-      latent_layout: a `LatentLayout` spec string, e.g. "azimuth=0,elevation=1,light=2,identity=rest".
-      mode: "dcign" (clamped, the paper's method) or "baseline" (plain SGVB, §4.1.1's comparison).
-      invariance_weight: scale of the pull of clamped latents toward their group mean (paper: 1/100).
-      kl_weight: weight of the KL term in the training loss (1 is the true lower bound).
-      unclamped_steps: in mode "dcign", train this many steps with plain SGVB before clamping: the
-        paper's pretrain-then-clamp schedule (§4, "pretraining without clamping worked better")
-        inside one run.
-      mirror_factors: factors whose value changes sign when an image is mirrored left-right
-        (faces: azimuth and light). Their latents' posterior means get a penalty
-        mirror_weight * (mu(x) + mu(mirror(x)))^2 per image, which asks the code to be odd under
-        the mirror. It rules out the symmetric "switch node" code the paper saw for azimuth
-        (Fig. 6a), in which a left and a right profile share one value. Not in the paper; off by
-        default. It applies in both modes (baseline + mirror is the control that tells the clamp's
-        effect from the penalty's) and at every step, the unclamped ones included: the fold forms
-        early and does not unfold, and the unclamped phase of a mirrored run is then exactly the
-        baseline + mirror objective. Its gradient reaches only the encoder.
-      mirror_weight: scale of that penalty.
-      mirror_images: images of each group that get the penalty (their first `mirror_images`; a
-        group's images are in random order), 0 for all. It costs one extra encoder pass over them.
-      likelihood, pixel_sigma: the decoder's pixel distribution (see `sgvb_terms`); "bernoulli" is the paper's.
-      seed: seed of the reparameterisation noise.
+      config: the network and its objective (`dcign_tf.config.ModelConfig`, whose docstring describes
+        each field); its latent layout must name exactly `factor_names`.
     """
 
-    def __init__(self, factor_names, latent_layout, image_size=150, num_latents=200,
-                 encoder_filters=(96, 48, 24), decoder_filters=(48, 96, 96), encoder_padding="auto",
-                 mode="dcign", invariance_weight=0.01, kl_weight=1.0, unclamped_steps=0, mirror_factors=(),
-                 mirror_weight=1.0, mirror_images=0, likelihood="bernoulli", pixel_sigma=0.0, seed=0, **kwargs):
+    def __init__(self, factor_names, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.config = ModelConfig(image_size=image_size, num_latents=num_latents,
-                                  encoder_filters=tuple(encoder_filters), decoder_filters=tuple(decoder_filters),
-                                  encoder_padding=encoder_padding)
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a dcign_tf.config.ModelConfig, got {type(config).__name__}")
+        self.config = config
         self.factor_names = list(factor_names)
-        self.layout = latents.LatentLayout.parse(latent_layout, num_latents)
-        self.mode = mode
-        self.invariance_weight = float(invariance_weight)
-        self.kl_weight = float(kl_weight)
-        if likelihood not in LIKELIHOODS or pixel_sigma < 0:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS} and pixel_sigma >= 0, got {likelihood!r}, "
-                             f"{pixel_sigma}")
-        self.likelihood = likelihood
-        self.pixel_sigma = float(pixel_sigma)
-        self.unclamped_steps = int(unclamped_steps)
-        self.seed = int(seed)
+        self.layout = config.layout
         # Row f: 1 on the latents of factor f, the ones that stay free in f's groups.
         self.active_masks = tf.constant(self.layout.active_mask(self.factor_names))
-        self.mirror_factors = list(mirror_factors)
-        self.mirror_weight = float(mirror_weight)
-        self.mirror_images = int(mirror_images)
-        if self.mirror_images < 0:
-            raise ValueError(f"mirror_images must be 0 (all) or positive, got {mirror_images}")
-        unknown = sorted(set(self.mirror_factors) - set(self.factor_names))
-        if unknown:
-            raise ValueError(f"mirror_factors {unknown} are not factors of the data {self.factor_names}")
         # 1 on the latents that must change sign under a left-right mirror.
-        mirror_mask = np.zeros(num_latents, np.float32)
-        for name in self.mirror_factors:
+        mirror_mask = np.zeros(config.num_latents, np.float32)
+        for name in config.mirror_factors:
             mirror_mask[list(self.layout.factor_latents[name])] = 1.0
         self.mirror_mask = tf.constant(mirror_mask)
-        self.use_mirror = bool(self.mirror_factors) and self.mirror_weight > 0
+        self.use_mirror = bool(config.mirror_factors) and config.mirror_weight > 0
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config)
 
@@ -317,16 +227,13 @@ class DCIGN(keras.Model):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.invariance_tracker,
                 *self.factor_reconstruction_trackers, self.mirror_tracker, self.mse_tracker]
 
-    @property
-    def train_trackers(self):
-        """The trackers `train_step` reports, by name."""
-        trackers = [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.invariance_tracker,
-                    *self.factor_reconstruction_trackers]
-        return trackers + [self.mirror_tracker] if self.use_mirror else trackers
-
-    @property
-    def train_metric_names(self):
-        return [tracker.name for tracker in self.train_trackers]
+    def update_metrics(self, updates) -> dict:
+        """Updates the trackers named in `updates` ({metric name: (values, sample weight or None)}); returns
+        {name: its mean over all replicas}, in the order of `updates`."""
+        trackers = {tracker.name: tracker for tracker in self.metrics}
+        for name, (values, sample_weight) in updates.items():
+            trackers[name].update_state(values, sample_weight=sample_weight)
+        return global_results([trackers[name] for name in updates])
 
     # The learned rendering engine: encode, change latents, decode.
     def encode(self, images, training=False):
@@ -351,7 +258,7 @@ class DCIGN(keras.Model):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context is not None else 1
         replica = context.replica_id_in_sync_group if context is not None else 0
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), tf.cast(step, tf.int64)])
         noise = tf.random.stateless_normal([groups * replicas, group_size, self.config.num_latents], seed=seed)
         return noise[replica * groups:(replica + 1) * groups]
 
@@ -379,11 +286,11 @@ class DCIGN(keras.Model):
         active = tf.gather(self.active_masks, tf.cast(batch["active_factor"], tf.int32))[:, None, :]
         if noise is None:
             noise = self.reparameterisation_noise(groups, group_size, self.optimizer.iterations)
-        clamp = self.mode == "dcign"
+        clamp = self.config.mode == "dcign"
         clamp_mask = active
-        if clamp and self.unclamped_steps:
+        if clamp and self.config.unclamped_steps:
             # Before `unclamped_steps`, every latent counts as active: the clamp and the rewrite are identities.
-            clamp_mask = tf.where(self.optimizer.iterations < self.unclamped_steps, tf.ones_like(active), active)
+            clamp_mask = tf.where(self.optimizer.iterations < self.config.unclamped_steps, tf.ones_like(active), active)
 
         # Two passes over one tape in both modes: the decoder and the latents first, then the encoder
         # from the latents' (rewritten, in dcign mode) gradients and the mirror penalty.
@@ -402,18 +309,18 @@ class DCIGN(keras.Model):
             reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32),
                                             tf.reshape(clamped_mean, [groups * group_size, -1]),
                                             tf.reshape(clamped_log_variance, [groups * group_size, -1]),
-                                            self.likelihood, self.pixel_sigma)
+                                            self.config.likelihood, self.config.pixel_sigma)
             # Summed over this replica's images and divided by the global batch: the SUM
             # all-reduce of gradients then gives the global mean.
-            loss = tf.reduce_sum(reconstruction + self.kl_weight * kl) / global_batch
+            loss = tf.reduce_sum(reconstruction + self.config.kl_weight * kl) / global_batch
             scaled_loss = loss * self._loss_scale()
             if self.use_mirror:
                 # The first `mirror_images` of each group (in random order) stand for the group.
-                mirrored = min(self.mirror_images or group_size, group_size)
+                mirrored = min(self.config.mirror_images or group_size, group_size)
                 mirror_images = tf.reshape(images[:, :mirrored], [groups * mirrored, *images.shape[2:]])
                 mirrored_mean, _ = self.encoder(tf.reverse(mirror_images, axis=[2]), training=True)
                 original_mean = tf.reshape(mean[:, :mirrored], [groups * mirrored, -1])
-                mirror = self.mirror_weight * tf.reduce_sum(
+                mirror = self.config.mirror_weight * tf.reduce_sum(
                     self.mirror_mask * tf.square(tf.cast(original_mean, tf.float32)
                                                  + tf.cast(mirrored_mean, tf.float32)), axis=-1)
                 # Normalised per penalised image, so the weight means the same whatever the subset.
@@ -426,7 +333,7 @@ class DCIGN(keras.Model):
         if clamp:
             # Backward: the active latents keep their SGVB gradient; the clamped ones get only
             # the pull toward their group mean, scaled like the objective.
-            invariance_scale = self.invariance_weight * self._loss_scale() / global_batch
+            invariance_scale = self.config.invariance_weight * self._loss_scale() / global_batch
             latent_gradients = [
                 clamp_mask * gradient + latents.invariance_gradient(values, clamp_mask, invariance_scale)
                 for gradient, values in zip(sgvb_latent_gradients, [mean, log_variance])]
@@ -458,23 +365,25 @@ class DCIGN(keras.Model):
         terms, gradients = self.compute_gradients(batch)
         self.optimizer.apply(gradients, self.trainable_variables)
 
-        per_image = terms["reconstruction"] + self.kl_weight * terms["kl"]
-        self.loss_tracker.update_state(per_image)
-        self.reconstruction_tracker.update_state(terms["reconstruction"])
-        self.kl_tracker.update_state(terms["kl"])
         # Diagnostic in both modes: how far the would-be-clamped latents stray from their group mean.
         deviation = 0.5 * (latents.clamped_deviation(terms["mean"], terms["active"])
                            + latents.clamped_deviation(terms["log_variance"], terms["active"]))
         groups, group_size = terms["mean"].shape[0], terms["mean"].shape[1]
-        # Weighted by the clamped entries it averages, so that replicas combine into the global mean.
-        self.invariance_tracker.update_state(deviation, sample_weight=tf.reduce_sum(1.0 - terms["active"]) * group_size)
         group_reconstruction = tf.reduce_mean(tf.reshape(terms["reconstruction"], [groups, -1]), axis=1)
         active_factor = tf.cast(batch["active_factor"], tf.int32)
-        for index, tracker in enumerate(self.factor_reconstruction_trackers):
-            tracker.update_state(group_reconstruction, sample_weight=tf.cast(tf.equal(active_factor, index), tf.float32))
+        updates = {
+            "loss": (terms["reconstruction"] + self.config.kl_weight * terms["kl"], None),
+            "reconstruction": (terms["reconstruction"], None),
+            "kl": (terms["kl"], None),
+            # Weighted by the clamped entries it averages, so that replicas combine into the global mean.
+            "invariance": (deviation, tf.reduce_sum(1.0 - terms["active"]) * group_size),
+        }
+        for index, factor in enumerate(self.factor_names):  # active_factor indexes factor_names
+            updates[f"reconstruction_{factor}"] = (group_reconstruction,
+                                                   tf.cast(tf.equal(active_factor, index), tf.float32))
         if self.use_mirror:
-            self.mirror_tracker.update_state(terms["mirror"])
-        return global_results(self.train_trackers)
+            updates["mirror"] = (terms["mirror"], None)
+        return self.update_metrics(updates)
 
     def test_step(self, batch):
         """The lower bound with clamping off, and the per-pixel MSE of mean reconstructions.
@@ -494,14 +403,11 @@ class DCIGN(keras.Model):
         noise = tf.concat([self._test_noise(count), tf.zeros([padding, self.config.num_latents])], axis=0)
         logits = self.decoder(mean + tf.exp(0.5 * log_variance) * noise, training=False)
         reconstruction, kl = sgvb_terms(flat_images, tf.cast(logits, tf.float32), mean, log_variance,
-                                        self.likelihood, self.pixel_sigma)
+                                        self.config.likelihood, self.config.pixel_sigma)
         reconstructed = self.decode(mean)
         per_image_mse = tf.reduce_mean(tf.square(tf.cast(reconstructed, tf.float32) - flat_images), axis=[1, 2, 3])
-        self.loss_tracker.update_state(reconstruction + kl, sample_weight=weights)
-        self.reconstruction_tracker.update_state(reconstruction, sample_weight=weights)
-        self.kl_tracker.update_state(kl, sample_weight=weights)
-        self.mse_tracker.update_state(per_image_mse, sample_weight=weights)
-        return global_results([self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.mse_tracker])
+        return self.update_metrics({"loss": (reconstruction + kl, weights), "reconstruction": (reconstruction, weights),
+                                    "kl": (kl, weights), "mse": (per_image_mse, weights)})
 
     def _test_noise(self, count):
         """Noise [count, L] for this replica's `count` test images: its rows of one draw for the global batch."""
@@ -512,21 +418,23 @@ class DCIGN(keras.Model):
         if replicas > 1:
             counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)  # every replica's image count
         noise = tf.random.stateless_normal([tf.reduce_sum(counts), self.config.num_latents],
-                                           seed=tf.constant([self.seed, -1], tf.int64))
+                                           seed=tf.constant([self.config.seed, -1], tf.int64))
         start = tf.reduce_sum(counts[:replica])
         return noise[start:start + count]
 
     def get_config(self):
-        return dict(factor_names=self.factor_names, latent_layout=self.layout.to_spec(),
-                    image_size=self.config.image_size, num_latents=self.config.num_latents,
-                    encoder_filters=list(self.config.encoder_filters),
-                    decoder_filters=list(self.config.decoder_filters),
-                    encoder_padding=self.config.encoder_padding, mode=self.mode,
-                    invariance_weight=self.invariance_weight, kl_weight=self.kl_weight,
-                    unclamped_steps=self.unclamped_steps, mirror_factors=self.mirror_factors,
-                    mirror_weight=self.mirror_weight, mirror_images=self.mirror_images, likelihood=self.likelihood,
-                    pixel_sigma=self.pixel_sigma, seed=self.seed,
-                    name=self.name)
+        """Flat: the factor names and the ModelConfig's fields (the layout normalised), as exports have always held."""
+        fields = {field.name: getattr(self.config, field.name) for field in dataclasses.fields(ModelConfig)}
+        fields.update(latent_layout=self.layout.to_spec(), encoder_filters=list(self.config.encoder_filters),
+                      decoder_filters=list(self.config.decoder_filters), mirror_factors=list(self.config.mirror_factors))
+        return dict(factor_names=self.factor_names, **fields, name=self.name)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        names = {field.name for field in dataclasses.fields(ModelConfig)}
+        model_config = ModelConfig(**{name: config.pop(name) for name in names if name in config})
+        return cls(config.pop("factor_names"), model_config, **config)
 
 
 def flops_per_image(config: ModelConfig) -> dict:

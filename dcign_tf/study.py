@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import io
 import json
 import math
 import os
@@ -186,9 +185,14 @@ class Study:
 
 
 def identity_fields(config: config_lib.TrainConfig) -> dict:
-    """What the base config fixes for every run: the non-runtime fields (TrainConfig.differences) but the seed."""
-    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+    """What the base config fixes for every run: the non-runtime fields (TrainConfig.differences) but the seed.
+    Tuples are their flag text ("96,48,24"), as study.json has always held them."""
+    return {field.name: _json_value(getattr(config, field.name)) for field in dataclasses.fields(config)
             if not field.metadata["runtime"] and field.name not in STUDY_CONTROLLED}
+
+
+def _json_value(value):
+    return config_lib.format_value(value) if isinstance(value, tuple) else value
 
 
 def parse_train_flags(text_or_tokens, where: str, forbidden: Mapping[str, str]) -> tuple[tuple[str, ...], dict]:
@@ -220,7 +224,7 @@ def parse_train_flags(text_or_tokens, where: str, forbidden: Mapping[str, str]) 
                 raise StudyError(f"{where}: --{name} needs a value (--{name}=VALUE; --{name}= for empty)")
             raw = "true"
         try:
-            overrides[name] = config_lib._convert(raw, fields[name].type, name)
+            overrides[name] = config_lib.parse_value(name, raw)
         except config_lib.ConfigError as error:
             raise StudyError(f"{where}: {error}") from None
     return tokens, overrides

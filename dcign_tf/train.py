@@ -21,51 +21,27 @@ import re
 import signal
 import sys
 import time
+from typing import Sequence
 
-from absl import app, flags, logging
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags, logging
 
+from dcign_tf import callbacks as callbacks_lib
+from dcign_tf import cli
 from dcign_tf import config as config_lib
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """One absl flag per TrainConfig field, with its default and help."""
-    for field in dataclasses.fields(config_lib.TrainConfig):
-        help_text, choices = field.metadata["help"], field.metadata["choices"]
-        if choices:
-            flags.DEFINE_enum(field.name, field.default, choices, help_text)
-        elif field.type == "bool":
-            flags.DEFINE_bool(field.name, field.default, help_text)
-        elif field.type == "int":
-            flags.DEFINE_integer(field.name, field.default, help_text)
-        elif field.type == "float":
-            flags.DEFINE_float(field.name, field.default, help_text)
-        else:
-            flags.DEFINE_string(field.name, field.default, help_text)
-
-
-def config_from_flags() -> config_lib.TrainConfig:
-    return config_lib.TrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.TrainConfig)})
-
-
-# TensorFlow is imported below the flag definitions so that `--help` and flag errors are quick.
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
-
-from dcign_tf import callbacks as callbacks_lib  # noqa: E402
-from dcign_tf import distributed  # noqa: E402
-from dcign_tf import export as export_lib  # noqa: E402
-from dcign_tf import io_utils  # noqa: E402
-from dcign_tf.data import input_pipeline, records  # noqa: E402
-from dcign_tf.data.sources import faces as faces_source  # noqa: E402
-from dcign_tf.latents import LayoutError  # noqa: E402
-from dcign_tf.model import DCIGN  # noqa: E402
-from dcign_tf import optimizer as optimizer_lib  # noqa: E402
-from dcign_tf import precision as precision_lib  # noqa: E402
-from dcign_tf import workdir as workdir_lib  # noqa: E402
-from dcign_tf.workdir import WorkdirError  # noqa: E402
+from dcign_tf import distributed
+from dcign_tf import export as export_lib
+from dcign_tf import io_utils
+from dcign_tf import optimizer as optimizer_lib
+from dcign_tf import precision as precision_lib
+from dcign_tf import workdir as workdir_lib
+from dcign_tf.data import input_pipeline, records
+from dcign_tf.data.sources import faces as faces_source
+from dcign_tf.latents import LayoutError
+from dcign_tf.model import DCIGN
+from dcign_tf.workdir import WorkdirError
 
 # Errors a user can fix: reported as one line, exit code 2.
 USER_ERRORS = (config_lib.ConfigError, records.DatasetError, LayoutError, export_lib.ExportError)
@@ -289,7 +265,7 @@ def train_and_export(config: config_lib.TrainConfig, strategy: tf.distribute.Str
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = DCIGN(**config.model_kwargs(info.factor_names))
+        model = DCIGN(info.factor_names, config.model_config())
         step_size = optimizer_lib.learning_rate(config.learning_rate, config.learning_rate_schedule, config.steps,
                                                 config.warmup_steps)
         optimizer = optimizer_lib.DCIGNRMSprop(learning_rate=step_size, momentum_decay=config.momentum_decay,
@@ -379,7 +355,7 @@ def train_loop(config, model, manager, info, strategy, chief, start_step, data_p
         # A pipeline feeding several replicas gives each its own batch per step.
         per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines if input_context else 1
         return input_pipeline.make_dataset(
-            config.data_dir, "train", config.groups_per_batch, factor_weights=config.factor_weight_map,
+            config.data_dir, "train", config.groups_per_batch, factor_weights=dict(config.factor_weights),
             seed=config.seed, start_batch=start_batch * per_step, expected_image_size=config.image_size,
             shuffle_buffer=config.shuffle_buffer, input_context=input_context)
 
@@ -441,31 +417,55 @@ class _QuietLibraries(pylogging.Filter):
             part in record.pathname for part in ("/tensorflow/", "/keras/", "/tf_keras/"))
 
 
-from dcign_tf import cli  # noqa: E402
-
 PROGRAM = "dcign_tf.train"
 
 
-def main(argv):
-    """Flags are parsed by cli.flags_parser (one line, exit 2); a user error in the run is one line, exit 2."""
-    if len(argv) > 1:
-        sys.exit(cli.usage_error(PROGRAM, f"unexpected arguments {argv[1:]}; flags take the form --name=value"))
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """One absl flag per TrainConfig field, with its default and help; tuples are flag text ("96,48,24")."""
+    for field in dataclasses.fields(config_lib.TrainConfig):
+        name, default, help_text, choices = field.name, field.default, field.metadata["help"], field.metadata["choices"]
+        if choices:
+            flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=flag_values)
+        elif field.type == "bool":
+            flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+        elif field.type == "int":
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif field.type == "float":
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(name, config_lib.format_value(default), help_text, flag_values=flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues) -> config_lib.TrainConfig:
+    """The parsed flags as a TrainConfig: flag text becomes typed values here, once."""
+    values = {}
+    for field in dataclasses.fields(config_lib.TrainConfig):
+        value = flag_values[field.name].value
+        values[field.name] = config_lib.parse_value(field.name, value) if field.name in config_lib.TUPLE_FIELDS \
+            else value
+    return config_lib.TrainConfig(**values)
+
+
+def train_from_flags(flag_values: flags.FlagValues) -> int:
+    """The command's body: trains the run the flags describe; returns the exit code."""
+    cli.log_to_stderr()
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    config = None
+    config = config_from_flags(flag_values)
     try:
-        config = config_from_flags()
-        sys.exit(run(config))
-    except USER_ERRORS as error:
-        sys.exit(cli.usage_error(PROGRAM, str(error)))
+        return run(config)
     except input_pipeline.PIPELINE_DATA_ERRORS:
         # The data broke after the start-up check (whose errors are DatasetErrors): name the record.
-        bad_record = input_pipeline.locate_bad_record(config.data_dir) if config else None
+        bad_record = input_pipeline.locate_bad_record(config.data_dir)
         if bad_record is None:
             raise
-        sys.exit(cli.usage_error(PROGRAM, f"{bad_record} (found after training failed on it)"))
+        raise records.DatasetError(f"{bad_record} (found after training failed on it)") from None
 
 
-define_flags()
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line `argv` (argv[0] is the program name; None: sys.argv); returns the exit code.
+    A usage error or one of USER_ERRORS is one line on stderr and exit code 2."""
+    return cli.run(argv, PROGRAM, __doc__, define_flags, train_from_flags, lambda: USER_ERRORS)
+
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+    sys.exit(main())

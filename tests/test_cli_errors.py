@@ -101,29 +101,8 @@ IN_PROCESS = {
     "dcign_tf.study": lambda args: __import__("dcign_tf.study", fromlist=["main"]).main(["dcign_tf.study", *args]),
     **{module: lambda args, module=module: __import__(module, fromlist=["main"]).main([module, *args])
        for module in ("benchmarks.bench", "tools.contact_sheet", "benchmarks.render_speed")},
-    # train, make_faces and the converters parse the global FLAGS with cli.flags_parser: train's stands for all.
-    "dcign_tf.train": lambda args: _exit_status(lambda: _parse_train_flags(args)),
+    "dcign_tf.train": lambda args: __import__("dcign_tf.train", fromlist=["main"]).main(["dcign_tf.train", *args]),
 }
-
-
-def _exit_status(function):
-    try:
-        return function()
-    except SystemExit as exit:
-        return exit.code
-
-
-def _parse_train_flags(args):
-    from dcign_tf import train
-
-    try:
-        train_argv = cli.flags_parser(train.PROGRAM)(["dcign_tf.train", *args])
-        if len(train_argv) > 1:  # train's main does this check.
-            return cli.usage_error(train.PROGRAM, f"unexpected arguments {train_argv[1:]}; flags take the form "
-                                   "--name=value")
-        return 0
-    finally:
-        flags.FLAGS.unparse_flags()  # The test process's FLAGS go back to their defaults.
 
 
 @pytest.mark.parametrize("module", list(IN_PROCESS))

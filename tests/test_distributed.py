@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dcign_tf.config import ModelConfig
 from dcign_tf.model import DCIGN
 from dcign_tf.optimizer import DCIGNRMSprop
 
@@ -38,8 +39,8 @@ def mirrored(count):
 
 
 def tiny_model():
-    return DCIGN(FACTORS, "azimuth=0,light=1,identity=rest", image_size=32, num_latents=6,
-                 encoder_filters=(4, 4, 4), decoder_filters=(4, 4, 4))
+    return DCIGN(FACTORS, ModelConfig(latent_layout="azimuth=0,light=1,identity=rest", image_size=32, num_latents=6,
+                                      encoder_filters=(4, 4, 4), decoder_filters=(4, 4, 4)))
 
 
 def train_steps(strategy, steps=3, groups_per_batch=4):

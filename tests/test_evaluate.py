@@ -39,7 +39,7 @@ def make_run(workdir, data_dir, mode="dcign", seed=0):
     os.makedirs(workdir, exist_ok=True)
     train.write_flags(config)
     keras.utils.set_random_seed(seed)
-    model = DCIGN(**config.model_kwargs(info.factor_names))
+    model = DCIGN(info.factor_names, config.model_config())
     export_lib.export_model(model, os.path.join(workdir, "export"), train.export_info(config, info, model, 20))
     return workdir
 

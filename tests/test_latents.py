@@ -18,7 +18,6 @@ def test_faces_layout_is_the_papers():
 def test_ranges_and_plus_lists():
     layout = LatentLayout.parse("a=0+4,b=1-3,c=rest", 8)
     assert layout.factor_latents == {"a": (0, 4), "b": (1, 2, 3), "c": (5, 6, 7)}
-    assert layout.latent_factor(4) == "a"
     mask = layout.active_mask(["c", "a", "b"])
     np.testing.assert_array_equal(mask.sum(axis=0), np.ones(8))
     np.testing.assert_array_equal(np.nonzero(mask[1])[0], [0, 4])

@@ -36,7 +36,7 @@ def exports(tmp_path_factory, faces_dataset):
     os.makedirs(config.workdir, exist_ok=True)
     train.write_flags(config)
     keras.utils.set_random_seed(0)
-    model = DCIGN(**config.model_kwargs(info.factor_names))
+    model = DCIGN(info.factor_names, config.model_config())
     export_lib.export_model(model, os.path.join(config.workdir, "export"), train.export_info(config, info, model, 20))
     calibrated = str(root / "calibrated")
     shutil.copytree(os.path.join(config.workdir, "export"), calibrated)

@@ -388,15 +388,15 @@ def test_shipped_studies_load(monkeypatch):
     quickstart = load_config("configs/study_faces_small.flags")
     assert quickstart.base_flagfile == "configs/faces_small.flags" and quickstart.seeds == [0, 1, 2]
     cells = {cell.name: cell.overrides for cell in quickstart.cells}
-    assert cells == {"dcign+mirror": {"mode": "dcign", "mirror_factors": "azimuth,light"},
-                     "dcign": {"mode": "dcign", "mirror_factors": ""},
-                     "baseline+mirror": {"mode": "baseline", "mirror_factors": "azimuth,light"},
-                     "baseline": {"mode": "baseline", "mirror_factors": ""}}
+    assert cells == {"dcign+mirror": {"mode": "dcign", "mirror_factors": ("azimuth", "light")},
+                     "dcign": {"mode": "dcign", "mirror_factors": ()},
+                     "baseline+mirror": {"mode": "baseline", "mirror_factors": ("azimuth", "light")},
+                     "baseline": {"mode": "baseline", "mirror_factors": ()}}
     assert quickstart.eval_settings["groups_per_factor"] == 0
     assert quickstart.results_dir == "docs/results/study_faces_small"
     runs = {run.name: run for run in quickstart.runs}
     assert len(runs) == 12
-    assert runs["dcign/seed2"].config.mirror_factors == "" and runs["dcign/seed2"].config.seed == 2
+    assert runs["dcign/seed2"].config.mirror_factors == () and runs["dcign/seed2"].config.seed == 2
     assert runs["dcign/seed2"].baseline is runs["baseline/seed2"]
     assert runs["baseline+mirror/seed1"].baseline is None
     assert runs["dcign+mirror/seed0"].config.steps == 9000  # the base config's

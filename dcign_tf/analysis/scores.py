@@ -219,8 +219,8 @@ def analyse(model, sample: TestSample, pairs: Mapping[str, np.ndarray], mse_rows
     codes, log_variances = encode_posterior(model, sample.images)
     decode = decoder_of(model)
     layout = {factor: tuple(indices) for factor, indices in model.layout.factor_latents.items()}
-    chosen = choose_latents(codes, sample.groups, layout, model.mode)
-    own = own_latents(layout, model.mode, chosen, sample.scene_factors, codes.shape[1])
+    chosen = choose_latents(codes, sample.groups, layout, model.config.mode)
+    own = own_latents(layout, model.config.mode, chosen, sample.scene_factors, codes.shape[1])
 
     reconstructions = decode(codes[mse_rows])
     test_mse = float(np.mean(np.square(reconstructions - sample.images[mse_rows])))
@@ -241,7 +241,7 @@ def analyse(model, sample: TestSample, pairs: Mapping[str, np.ndarray], mse_rows
         values = sweep_values(codes, latent, sweep_steps)
         sweeps[factor] = (values, sweep(decode, codes[figure_rows], latent, values))
     metrics = {
-        "mode": model.mode,
+        "mode": model.config.mode,
         "latents": chosen,
         "test_mse": test_mse,
         "identity_retention": retention,

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import signal
-import sys
 import time
 
 import keras
@@ -15,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from dcign_tf import progress as progress_lib
 from dcign_tf import visualize
 from dcign_tf.analysis.training import training_summary
 
@@ -291,54 +291,35 @@ class RunLoop(keras.callbacks.Callback):
 
 
 class Progress(keras.callbacks.Callback):
-    """A progress bar with loss and ETA on a terminal; plain log lines every `log_every` steps otherwise."""
+    """The run's `progress.Progress` fed the global step after every batch: a bar with the loss and KL on a
+    terminal; otherwise a log line every `log_every` steps with the losses, the rate and the ETA."""
+
+    LOGGED = ("loss", "reconstruction", "kl", "invariance")  # the training metrics shown in a log line
 
     def __init__(self, total_steps: int, log_every: int, mode: str = "auto"):
         super().__init__()
         self.total_steps = total_steps
         self.log_every = log_every
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode
-        self._bar = None
-        self._start = None
+        self._progress = None
 
     def on_train_begin(self, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        self._start = (time.perf_counter(), step)
-        if self.mode == "bar":
-            from tqdm import tqdm
-            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self._progress = progress_lib.Progress(self.total_steps, "trained", "step", mode=self.mode,
+                                               initial=int(self.model.optimizer.iterations.numpy()),
+                                               log_every=self.log_every)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.mode == "none":
-            return
         step = int(self.model.optimizer.iterations.numpy())
         logs = logs or {}
-        if self._bar is not None:
-            self._bar.update(step - self._bar.n)
-            if step % 5 == 0 and "loss" in logs:
-                self._bar.set_postfix(loss=f"{float(logs['loss']):.1f}", kl=f"{float(logs.get('kl', 0)):.1f}",
-                                      refresh=False)
-        elif self.mode == "log" and (step % self.log_every == 0 or step >= self.total_steps):
-            elapsed = time.perf_counter() - self._start[0]
-            done = step - self._start[1]
-            rate = done / elapsed if elapsed > 0 else 0.0
-            eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
-            logging.info("step %d/%d  loss %.2f  reconstruction %.2f  kl %.2f  invariance %.4g  %.2f steps/s  ETA %s",
-                         step, self.total_steps, float(logs.get("loss", float("nan"))),
-                         float(logs.get("reconstruction", float("nan"))), float(logs.get("kl", float("nan"))),
-                         float(logs.get("invariance", float("nan"))), rate, format_duration(eta))
+        if self._progress.bar is not None:
+            postfix = ({"loss": f"{float(logs['loss']):.1f}", "kl": f"{float(logs.get('kl', 0)):.1f}"}
+                       if step % 5 == 0 and "loss" in logs else {})
+        elif self.log_every and (step % self.log_every == 0 or step >= self.total_steps):  # a line is due
+            postfix = {name: f"{float(logs.get(name, math.nan)):.4g}" for name in self.LOGGED}
+        else:
+            postfix = {}
+        self._progress.update(step - self._progress.done, **postfix)
 
     def on_train_end(self, logs=None):
-        if self._bar is not None:
-            self._bar.close()
-
-
-def format_duration(seconds: float) -> str:
-    """1234.5 -> '20:34'; NaN -> '?'."""
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+        if self._progress is not None:
+            self._progress.close()

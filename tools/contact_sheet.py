@@ -18,6 +18,7 @@ from absl import flags
 from PIL import Image, ImageDraw
 
 from dcign_tf import cli, io_utils
+from dcign_tf.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from dcign_tf.data.sources import face_model, rasterizer
 
 PROGRAM = "tools.contact_sheet"
@@ -95,14 +96,14 @@ def save_contact_sheet(path: str, image_size: int = 96, seed: int = 0) -> None:
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_string("out", "docs/faces_contact_sheet.png", "PNG to write.", flag_values=flag_values)
-    flags.DEFINE_integer("image_size", 96, "Pixels per face, 32..256.", flag_values=flag_values)
+    flags.DEFINE_integer("image_size", 96, f"Pixels per face, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}.", flag_values=flag_values)
     flags.DEFINE_integer("seed", 0, "Seed of the identities shown.", flag_values=flag_values)
 
 
 def body(flag_values: flags.FlagValues) -> None:
     out, image_size = flag_values.out, flag_values.image_size
-    if not 32 <= image_size <= 256:
-        raise cli.UsageError(f"--image_size must be in 32..256, got {image_size}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise cli.UsageError(f"--image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {image_size}")
     if not out.lower().endswith(".png"):
         raise cli.UsageError(f"--out must name a .png file, got {out!r}")
     try:

@@ -32,6 +32,7 @@ from absl import flags, logging
 from PIL import Image
 
 from dcign_tf import progress as progress_lib
+from dcign_tf.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE  # the bounds of the whole system
 from dcign_tf.data import records
 from dcign_tf.data.records import DatasetError, DatasetInfo
 
@@ -39,7 +40,6 @@ from dcign_tf.data.records import DatasetError, DatasetInfo
 Group = tuple[Sequence[bytes], np.ndarray, np.ndarray]
 
 SPLIT_IDS = {"train": 0, "test": 1}  # Stream ids that enter the seeds; fixed forever for reproducibility.
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # What the training job accepts.
 # define_source_flags defines flags for the commands: absl is to attribute them to the caller (its --help).
 flags.disclaim_key_flags()
 

@@ -352,7 +352,7 @@ def _range_note(target: Target, value: float) -> str:
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
-    """The CLI's flags, in their own FlagValues (dcign_tf.train defines --workdir globally)."""
+    """The CLI's flags, defined in the FlagValues that cli.run gives it."""
     flags.DEFINE_string("export", None, "An export directory (RUN/export).", flag_values=flag_values)
     flags.DEFINE_string("workdir", None, "A run directory; its export/ is used.", flag_values=flag_values)
     flags.DEFINE_string("image", None, "Input image (PNG, JPEG, ...; any size, colour or grey).",

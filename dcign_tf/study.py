@@ -662,13 +662,6 @@ def summary_figure(summary: Mapping):
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, path)
-
-
 def write_summary(study: Study, directory: str, headline: Sequence[str]) -> dict:
     """summary.json, summary.md and summary.png in `directory`, from its per-run summaries; files whose
     content would not change are left alone (a rerun with nothing to do rewrites nothing)."""
@@ -683,8 +676,8 @@ def write_summary(study: Study, directory: str, headline: Sequence[str]) -> dict
     has_figure = bool(summary["headline"])
     if has_figure:
         figures.save_png(os.path.join(directory, SUMMARY_FIGURE), summary_figure(summary))
-    _write_text_atomic(os.path.join(directory, SUMMARY_MD),
-                       summary_markdown(summary, SUMMARY_FIGURE if has_figure else None))
+    io_utils.write_text_atomic(os.path.join(directory, SUMMARY_MD),
+                               summary_markdown(summary, SUMMARY_FIGURE if has_figure else None))
     return summary
 
 

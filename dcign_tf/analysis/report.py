@@ -206,7 +206,9 @@ def write_tensorboard(logdir: str, step: int, scalars: Mapping[str, float], imag
         for _, (_, record) in sorted(kept.items(), key=lambda item: (item[0][0], item[1][0])):
             out.write(record)
     target = os.path.join(logdir, os.path.basename(merged))
+    io_utils.fsync_file(merged)  # durable before it replaces the old files, as io_utils' writers are
     os.replace(merged, target)
+    io_utils.fsync_directory(logdir)
     for path in old_files:
         if path != target:
             os.remove(path)

@@ -43,7 +43,16 @@ def export_model(model, export_dir: str, info: dict) -> None:
     replace_directory(temporary, export_dir)
 
 
+def inference_copy(model):
+    """The model's architecture and weights without its optimizer state (two thirds of the bytes): an
+    export serves inference, and the checkpoints keep what training needs to resume."""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _write_export(model, temporary: str, info: dict) -> None:
+    model = inference_copy(model)
     model.save(os.path.join(temporary, KERAS_FILE))
     size = model.config.image_size
     archive = keras.export.ExportArchive()

@@ -67,14 +67,14 @@ from PIL import Image, ImageOps
 from dcign_tf import calibration as calibration_lib
 from dcign_tf import cli
 from dcign_tf import io_utils
+from dcign_tf import pretrained as pretrained_lib
 from dcign_tf import render as render_lib
 from dcign_tf.analysis import scores, selection
 
 PROGRAM = "dcign_tf.studio"
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "studio_page.html")
 # The quickstart model committed with the repository (an export directory, with its flags.txt).
-PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained",
-                              "faces_small")
+PRETRAINED_DIR = pretrained_lib.PRETRAINED_DIR
 MAX_UPLOAD_MB = 20.0
 MAX_UPLOAD_MEGAPIXELS = 40.0
 MAX_UPLOADS_KEPT = 64  # oldest uploads are forgotten beyond this (each is one S x S image and its codes)
@@ -776,7 +776,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "pass another --port (0 picks a free one)") from None
         if not server.loopback_only:
             print(f"note: --host={flag_values.host} opens the studio to the network", file=sys.stderr)
-        server.studio = Studio(workdir, export_dir, flag_values.baseline_workdir, flag_values.data_dir,
+        data_dir = flag_values.data_dir
+        if flag_values.pretrained and not data_dir:
+            # A fresh clone has no data/: the model's first test groups, generated once into the cache.
+            try:
+                data_dir = pretrained_lib.ensure_test_faces(pretrained_dir=PRETRAINED_DIR,
+                                                            test_groups_per_factor=flag_values.gallery_groups,
+                                                            log=lambda line: print(f"studio: {line}", flush=True))
+            except (ValueError, OSError) as error:  # DatasetError is a ValueError
+                raise StudioError(f"cannot make the pretrained model's test faces ({error}); pass "
+                                  "--data_dir=DIR") from None
+        server.studio = Studio(workdir, export_dir, flag_values.baseline_workdir, data_dir,
                                flag_values.gallery_groups, flag_values.max_upload_mb,
                                flag_values.max_upload_megapixels)
         print(f"studio: open {server.url} (Ctrl-C stops it)", flush=True)

@@ -227,5 +227,5 @@ def test_bad_files_give_one_line_errors(truth, files, tmp_path):
                              f"--face_model=bfm:{text}", "--image_size=32"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("make_faces: error:")
+    assert result.stderr.strip().splitlines()[-1].startswith("dcign_tf.data.make_faces: error:")
     assert "not a MATLAB .mat or HDF5 file" in result.stderr

@@ -97,5 +97,5 @@ def test_console_scripts_are_installed_and_run_the_modules_main():
         assert shutil.which(script), f"{script} is not on PATH"
     # One as a command: the installed wrapper passes main's exit status on.
     result = subprocess.run(["dcign-make-faces", "--no_such_flag=1"], capture_output=True, text=True, timeout=300)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("make_faces") or "Traceback" in line]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("dcign_tf.data.make_faces") or "Traceback" in line]
     assert result.returncode == 2 and len(lines) == 1 and "error: Unknown command line flag" in lines[0], result.stderr

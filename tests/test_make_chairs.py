@@ -165,7 +165,7 @@ def run_cli(*args):
 def assert_one_line_error(code, stderr, *fragments):
     assert code == 2, stderr
     assert "Traceback" not in stderr
-    error_lines = [line for line in stderr.splitlines() if line.startswith("make_chairs: error:")]
+    error_lines = [line for line in stderr.splitlines() if line.startswith("dcign_tf.data.make_chairs: error:")]
     assert len(error_lines) == 1, stderr
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]

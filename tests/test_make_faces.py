@@ -196,7 +196,7 @@ def test_command_line(reference_dir, tmp_path):
 
     conflict = run_cli(f"--data_dir={data_dir}", *FLAGS, "--seed=8")
     assert conflict.returncode == 2 and len(conflict.stderr.strip().splitlines()) == 1, conflict.stderr
-    assert conflict.stderr.strip().splitlines()[-1].startswith(f"make_faces: error: {data_dir}/dataset.json")
+    assert conflict.stderr.strip().splitlines()[-1].startswith(f"dcign_tf.data.make_faces: error: {data_dir}/dataset.json")
 
 
 def test_group_spread_confines_each_group_to_a_window_of_the_range():

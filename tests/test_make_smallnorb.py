@@ -158,7 +158,7 @@ def test_bad_input_is_a_one_line_conversion_error(tmp_path):
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
     """Every ConversionError takes this path (cli.run with common.user_error_types); the cases above check
     their messages.
-    (A missing tfds dataset reads `make_smallnorb: error: cannot load tfds 'smallnorb' ...`, exit 2, too; not
+    (A missing tfds dataset reads `dcign_tf.data.make_smallnorb: error: cannot load tfds 'smallnorb' ...`, exit 2, too; not
     run here because the subprocess would import TensorFlow and tfds for it.)"""
     for args, message in [
         (["--group_size=8"], "--group_size=8 is more than smallNORB's 6 lighting conditions"),
@@ -169,6 +169,6 @@ def test_command_line_errors_are_one_line_exit_2(tmp_path):
                                  *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
-        errors = [line for line in result.stderr.splitlines() if line.startswith("make_smallnorb: error:")]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("dcign_tf.data.make_smallnorb: error:")]
         assert len(errors) == 1 and message in errors[0], result.stderr
     assert not os.path.exists(tmp_path / "out")

@@ -316,7 +316,7 @@ class TestUnwritableDataDir:
         result = run_make_faces(unwritable_dir)
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
-        (line,) = error_lines(result, "make_faces")
+        (line,) = error_lines(result, "dcign_tf.data.make_faces")
         assert "cannot write" in line and "choose a --data_dir you can write to" in line, line
 
     def test_the_writers_raise_dataset_errors(self, unwritable_dir):

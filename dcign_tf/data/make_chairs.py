@@ -21,7 +21,7 @@ from absl import flags
 from dcign_tf import cli
 from dcign_tf.data.sources import chairs, common
 
-PROGRAM = "make_chairs"
+PROGRAM = "dcign_tf.data.make_chairs"
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

@@ -23,7 +23,7 @@ from absl import flags
 from dcign_tf import cli
 from dcign_tf.data.sources import common, faces
 
-PROGRAM = "make_faces"
+PROGRAM = "dcign_tf.data.make_faces"
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

@@ -20,7 +20,7 @@ from absl import flags
 from dcign_tf import cli
 from dcign_tf.data.sources import common, smallnorb
 
-PROGRAM = "make_smallnorb"
+PROGRAM = "dcign_tf.data.make_smallnorb"
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

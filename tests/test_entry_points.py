@@ -31,6 +31,7 @@ ENTRY_POINTS = {
     "benchmarks.render_speed": None,
     "benchmarks.deterministic_cost": None,
     "tools.contact_sheet": None,
+    "tools.make_pretrained": None,
 }
 
 

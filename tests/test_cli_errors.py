@@ -25,8 +25,8 @@ PROGRAMS = {
     "dcign_tf.study": ("dcign_tf.study", "--parallel=abc"),
     "benchmarks.bench": ("benchmarks.bench", "--threads=abc"),
     "dcign_tf.data.make_faces": ("dcign_tf.data.make_faces", "--image_size=abc"),
-    "dcign_tf.data.make_chairs": ("make_chairs", "--image_size=abc"),
-    "dcign_tf.data.make_smallnorb": ("make_smallnorb", "--image_size=abc"),
+    "dcign_tf.data.make_chairs": ("dcign_tf.data.make_chairs", "--image_size=abc"),
+    "dcign_tf.data.make_smallnorb": ("dcign_tf.data.make_smallnorb", "--image_size=abc"),
     "tools.contact_sheet": ("tools.contact_sheet", "--image_size=abc"),
     "benchmarks.render_speed": ("benchmarks.render_speed", "--seconds=abc"),
 }

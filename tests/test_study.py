@@ -99,9 +99,9 @@ def study(tmp_path_factory, faces_dataset):
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
         def training_with_a_checkpoint():
+            # Mid-training only: a run whose last checkpoint is the final step may be exporting.
             return [(cell, seed) for cell in CELLS for seed in SEEDS
-                    if study_lib.latest_checkpoint_step(run_dir(study_dir, cell, seed))
-                    and study_lib.export_step(run_dir(study_dir, cell, seed)) is None]
+                    if 0 < (study_lib.latest_checkpoint_step(run_dir(study_dir, cell, seed)) or 0) < 20]
 
         def some_run_finished():
             return any(os.path.isdir(os.path.join(run_dir(study_dir, cell, seed), "summary"))
@@ -119,10 +119,10 @@ def study(tmp_path_factory, faces_dataset):
     while processes_mentioning(study_dir):
         assert time.time() < deadline, "a trainer outlived the study"
         time.sleep(0.1)
-    killed = {(cell, seed): study_lib.latest_checkpoint_step(run_dir(study_dir, cell, seed))
-              for cell in CELLS for seed in SEEDS
-              if study_lib.latest_checkpoint_step(run_dir(study_dir, cell, seed))
-              and study_lib.export_step(run_dir(study_dir, cell, seed)) is None}
+    # Killed mid-training: a run that had reached its final step when the study died is not one.
+    steps = {(cell, seed): study_lib.latest_checkpoint_step(run_dir(study_dir, cell, seed))
+             for cell in CELLS for seed in SEEDS}
+    killed = {run: step for run, step in steps.items() if step and step < 20}
     finished = [(cell, seed) for cell in CELLS for seed in SEEDS
                 if os.path.isdir(os.path.join(run_dir(study_dir, cell, seed), "summary"))]
     before = {run: snapshot(run_dir(study_dir, *run)) for run in finished}

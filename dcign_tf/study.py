@@ -32,7 +32,9 @@ evaluated by `python -m dcign_tf.evaluate --workdir=RUN <eval_flags>`, with
 
 Running the same command again resumes: a finished run (its summary matches the study's training
 config, step count and evaluation) is neither retrained nor re-evaluated, a trained run is only
-evaluated, and a killed run resumes from its last checkpoint. A run directory holding a run with
+evaluated, and a killed run resumes from its last checkpoint. With --results_dir, a run that is not
+in STUDY_DIR but whose summary there matches (committed from another machine) is finished too; its
+summary is copied into its run directory (a baseline that a run still to evaluate needs is retrained). A run directory holding a run with
 another config is refused, never reused. If the study process dies, its trainers get SIGTERM and
 save a checkpoint. A failed run does not stop the others; the exit status says it failed, and the
 next run of the command retries it.
@@ -461,6 +463,36 @@ def inspect(run: Run, study: Study) -> RunState:
     if exported == run.config.steps:
         return RunState("trained", exported)
     return RunState("partial" if checkpoint else "empty", checkpoint or 0)
+
+
+def finished_elsewhere(study: Study, selected: Sequence[Run]) -> dict[int, str]:
+    """Runs finished on another machine, {run index: its summary in RESULTS_DIR}: the summary (as
+    committed) matches the study and STUDY_DIR has nothing of the run. A baseline that a run still to
+    evaluate here needs is left out, to be trained again: the evaluation reads its export. Writes nothing."""
+    states = {run.index: inspect(run, study).kind for run in selected}
+    if not study.results_dir:
+        return {}
+    found = {}
+    for run in selected:
+        source = os.path.join(study.results_dir, run.cell.name, f"seed{run.seed}")
+        if states[run.index] == "empty" and os.path.isdir(source) and read_run_summary(source, run, study):
+            found[run.index] = source
+    for run in selected:
+        if run.baseline is not None and run.index not in found and states[run.index] != "finished":
+            found.pop(run.baseline.index, None)
+    return found
+
+
+def restore_run_summary(run: Run, source: str) -> None:
+    """RUN/summary/ and RUN/flags.txt from a committed summary: the run then counts as finished."""
+    target = os.path.join(run.dir, RUN_SUMMARY_DIR)
+    temporary = f"{target}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(run.dir, exist_ok=True)
+    shutil.copytree(source, temporary)
+    export_lib.replace_directory(temporary, target)
+    with open(os.path.join(target, FLAGS_FILE), encoding="utf-8") as file:
+        io_utils.write_text_atomic(os.path.join(run.dir, FLAGS_FILE), file.read())
 
 
 def write_run_summary(run: Run, study: Study, seconds: Mapping[str, float | None]) -> str:
@@ -986,16 +1018,23 @@ def run_study(flag_values: flags.FlagValues) -> int:
     check_study_home(study, study.study_dir, create=False)
     if study.results_dir:
         check_study_home(study, study.results_dir, create=False)
-    runner = Runner(study, selected, flag_values.parallel, flag_values.train, flag_values.evaluate,
-                    flag_values.wait_s, headline)  # inspects every run: refuses a foreign one before any write
+    elsewhere = finished_elsewhere(study, selected)  # inspects every run: refuses a foreign one before any write
     check_study_home(study, study.study_dir, create=True)
     if study.results_dir:
         check_study_home(study, study.results_dir, create=True)
+    restored = [run for run in selected if run.index in elsewhere]
+    for run in restored:
+        restore_run_summary(run, elsewhere[run.index])
+    runner = Runner(study, selected, flag_values.parallel, flag_values.train, flag_values.evaluate,
+                    flag_values.wait_s, headline)
     finished_before = [run.name for run in selected if runner.progress[run.index].state.kind == "finished"]
     print(f"study {study.name}: {len(study.runs)} runs ({len(study.cells)} cells x {len(study.seeds)} seeds) in "
           f"{study.study_dir}; {len(selected) - len(finished_before)} to do"
           + (f", run {selected[0].index} only" if flag_values.only_index is not None else "")
           + f", parallel {flag_values.parallel}", flush=True)
+    if restored:
+        say(f"finished on another machine (summary from {study.results_dir}): "
+            f"{', '.join(run.name for run in restored)}")
     if finished_before:
         say(f"finished earlier: {', '.join(finished_before)}")
     status = runner.run()

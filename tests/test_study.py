@@ -243,6 +243,36 @@ def test_summary_is_rebuilt_from_per_run_summaries_alone(study, tmp_path, monkey
     assert status == 0 and "0 to do" in out, err
 
 
+def restored_runs(out):
+    match = re.search(r"finished on another machine \(summary from [^)]*\): (.*)$", out, flags=re.MULTILINE)
+    return set(match.group(1).split(", ")) if match else set()
+
+
+def test_a_fresh_machine_takes_the_committed_summaries_as_finished(study, tmp_path, monkeypatch, capsys):
+    original = json.load(open(os.path.join(study["study_dir"], "summary.json")))
+    results = str(tmp_path / "results")
+    shutil.copytree(study["results_dir"], results)  # as committed to docs/results/, on a machine without runs/
+    no_subprocesses(monkeypatch)
+    fresh = str(tmp_path / "fresh")
+    status, out, err = in_process(monkeypatch, capsys, study_args(fresh, study["data_dir"], f"--results_dir={results}"))
+    assert status == 0, err
+    assert restored_runs(out) == {f"{cell}/seed{seed}" for cell in CELLS for seed in SEEDS} and "0 to do" in out
+    rebuilt = json.load(open(os.path.join(fresh, "summary.json")))
+    assert rebuilt["cells"] == original["cells"] and rebuilt["runs"] == original["runs"]
+
+    # A baseline whose DC-IGN run still has to be evaluated here is trained again: the evaluation needs its export.
+    results_missing_one = str(tmp_path / "results_missing_one")
+    shutil.copytree(study["results_dir"], results_missing_one)
+    shutil.rmtree(os.path.join(results_missing_one, "dcign+mirror", "seed1"))
+    other = str(tmp_path / "other")
+    status, out, err = in_process(monkeypatch, capsys, study_args(
+        other, study["data_dir"], f"--results_dir={results_missing_one}", "--notrain", "--wait_s=0"))
+    assert status == 1, err
+    assert restored_runs(out) == {"dcign+mirror/seed0", "baseline/seed0"}
+    assert not os.path.exists(os.path.join(run_dir(other, "baseline", 1), "summary"))
+    assert "2 of 4 runs not finished" in out
+
+
 def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries(study, tmp_path, monkeypatch, capsys):
     copy = str(tmp_path / "study")
     shutil.copytree(study["study_dir"], copy)

@@ -56,7 +56,8 @@ def _write_export(model, temporary: str, info: dict) -> None:
     model.save(os.path.join(temporary, KERAS_FILE))
     size = model.config.image_size
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # No archive.track(model): the endpoints track the variables they use, and track() would store every
+    # weight a second time (keras-team/keras#23553: Keras wrappers and tf.Variables are not deduplicated).
     archive.add_endpoint(
         "encode", lambda images: dict(zip(["mean", "log_variance"], model.encode(images))),
         input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name="images")])

@@ -32,6 +32,7 @@ ENTRY_POINTS = {
     "benchmarks.deterministic_cost": None,
     "tools.contact_sheet": None,
     "tools.make_pretrained": None,
+    "tools.refit_decoder": None,
 }
 
 

@@ -1,0 +1,71 @@
+"""tools.refit_decoder: only the decoder changes, the refit lowers its loss on the codes it trains on, the
+new run evaluates like any other, RUN is only read, and bad input is one line with exit 2."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dcign_tf import evaluate
+from dcign_tf import export as export_lib
+from tests.test_evaluate import make_run
+from tools import refit_decoder
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, faces_dataset):
+    return make_run(str(tmp_path_factory.mktemp("refit") / "run"), faces_dataset)
+
+
+def weights(export_dir):
+    model, _ = export_lib.load_model(export_dir)
+    return [w.copy() for w in model.encoder.get_weights()], [w.copy() for w in model.decoder.get_weights()]
+
+
+@pytest.mark.parametrize("codes", refit_decoder.CODES)
+def test_only_the_decoder_changes_and_its_loss_falls(source_run, tmp_path, codes, capsys):
+    before = {name: os.path.getmtime(os.path.join(root, name)) for root, _, names in os.walk(source_run)
+              for name in names}
+    out = str(tmp_path / f"refit_{codes}")
+    assert refit_decoder.main([refit_decoder.PROGRAM, f"--workdir={source_run}", f"--out={out}", "--steps=20",
+                               "--learning_rate=3e-3", f"--codes={codes}", "--log_every=5"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    losses = [float(line.split("reconstruction ")[1].split()[0]) for line in lines]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses  # an untrained decoder learns within 20 steps
+
+    encoder_before, decoder_before = weights(os.path.join(source_run, "export"))
+    encoder_after, decoder_after = weights(os.path.join(out, "export"))
+    assert all(np.array_equal(a, b) for a, b in zip(encoder_before, encoder_after))
+    assert any(not np.array_equal(a, b) for a, b in zip(decoder_before, decoder_after))
+    info = export_lib.read_info(os.path.join(out, "export"))
+    assert info["refit"]["codes"] == codes and info["refit"]["steps"] == 20
+    assert open(os.path.join(out, "flags.txt")).read() == open(os.path.join(source_run, "flags.txt")).read()
+    assert "tools.refit_decoder" in open(os.path.join(out, "COMMAND")).read()
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+    after = {name: os.path.getmtime(os.path.join(root, name)) for root, _, names in os.walk(source_run)
+             for name in names}
+    assert after == before  # RUN is only read
+
+    if codes == "clamped":
+        return
+    # The new run is an ordinary run to evaluate: same latents, the refit decoder's reconstructions.
+    assert evaluate.main([evaluate.PROGRAM, f"--workdir={out}", "--groups_per_factor=1", "--sweep_images=2",
+                          "--sweep_steps=3", "--fast_disentanglement", "--nocalibrate"]) == 0
+    metrics = json.load(open(os.path.join(out, "eval", "metrics.json")))
+    assert "reconstruction" in metrics["identity_retention"]
+
+
+def test_bad_input_is_one_line_and_exit_2(source_run, tmp_path, capsys):
+    cases = [
+        ([], "--workdir=RUN and --out=NEW_RUN"),
+        ([f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'o'}"], "is missing"),
+        ([f"--workdir={source_run}", f"--out={source_run}"], "exists"),
+        ([f"--workdir={source_run}", f"--out={tmp_path / 'o'}", "--codes=mean"], "codes"),
+        ([f"--workdir={source_run}", f"--out={tmp_path / 'o'}", "--steps=0"], "steps"),
+    ]
+    for args, expected in cases:
+        assert refit_decoder.main([refit_decoder.PROGRAM, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err, (args, err)
+    assert not os.path.exists(tmp_path / "o")

@@ -56,6 +56,16 @@ def test_only_the_decoder_changes_and_its_loss_falls(source_run, tmp_path, codes
     assert "reconstruction" in metrics["identity_retention"]
 
 
+def test_a_new_decoder_of_other_widths_keeps_the_encoder(source_run, tmp_path):
+    out = str(tmp_path / "wide")
+    assert refit_decoder.main([refit_decoder.PROGRAM, f"--workdir={source_run}", f"--out={out}", "--steps=2",
+                               "--decoder_filters=12,10,6"]) == 0
+    model, info = export_lib.load_model(os.path.join(out, "export"))
+    assert model.config.decoder_filters == (12, 10, 6) and info["refit"]["new_decoder"]
+    encoder_before, _ = weights(os.path.join(source_run, "export"))
+    assert all(np.array_equal(a, b) for a, b in zip(encoder_before, model.encoder.get_weights()))
+
+
 def test_bad_input_is_one_line_and_exit_2(source_run, tmp_path, capsys):
     cases = [
         ([], "--workdir=RUN and --out=NEW_RUN"),
@@ -63,6 +73,8 @@ def test_bad_input_is_one_line_and_exit_2(source_run, tmp_path, capsys):
         ([f"--workdir={source_run}", f"--out={source_run}"], "exists"),
         ([f"--workdir={source_run}", f"--out={tmp_path / 'o'}", "--codes=mean"], "codes"),
         ([f"--workdir={source_run}", f"--out={tmp_path / 'o'}", "--steps=0"], "steps"),
+        ([f"--workdir={source_run}", f"--out={tmp_path / 'o'}", "--decoder_filters=8,8"], "three positive widths"),
+        ([f"--workdir={source_run}", f"--out={tmp_path / 'o'}", "--decoder_filters=8,x,8"], "decoder_filters"),
     ]
     for args, expected in cases:
         assert refit_decoder.main([refit_decoder.PROGRAM, *args]) == 2, args

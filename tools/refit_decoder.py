@@ -1,7 +1,7 @@
 r"""Refits a trained run's decoder with its encoder frozen: where is the identity lost?
 
     python -m tools.refit_decoder --workdir=RUN --out=RUN_refit [--steps=3000] [--learning_rate=3e-4] \
-        [--codes=single|clamped]                     # from the repository root
+        [--codes=single|clamped] [--decoder_filters=96,96,96]   # from the repository root
     python -m dcign_tf.evaluate --workdir=RUN_refit --groups_per_factor=0
 
 A diagnostic, not part of the paper's method. DC-IGN's decoder is trained on clamped codes: in a group
@@ -11,7 +11,9 @@ decoder were what loses the face, training it further on the codes it is asked t
 (--codes=single: each image's own posterior sample) would lift the identity retention; the control,
 --codes=clamped, trains it for as many steps on the training's clamped codes, so that the difference
 between the two is the codes alone and not the extra steps. If neither moves the retention, the
-identity is missing from the code itself, that is, from the encoder.
+identity is missing from the code itself, or the decoder's size cannot render it from that code:
+--decoder_filters=A,B,C trains a new decoder of those widths from scratch on the frozen code instead,
+which tells the two apart (run the same on a baseline's code for the control).
 
 Only the decoder's weights change: the encoder, and with it every latent score (equivariance, MIG,
 KL), stays the run's. The objective is the run's reconstruction term (its --likelihood) on posterior
@@ -50,6 +52,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       flag_values=flag_values)
     flags.DEFINE_string("data_dir", None, "Training data (default: the run's --data_dir).", flag_values=flag_values)
     flags.DEFINE_integer("seed", 0, "Seed of the batch order and the posterior noise.", flag_values=flag_values)
+    flags.DEFINE_list("decoder_filters", [], "Train a new decoder of these three widths from scratch (the "
+                      "architecture's other parts as the run's); default: refit the run's own decoder.",
+                      flag_values=flag_values)
     flags.DEFINE_integer("log_every", 500, "Steps between progress lines.", lower_bound=1, flag_values=flag_values)
 
 
@@ -103,6 +108,22 @@ def refit(model, batches, steps: int, learning_rate: float, codes: str, seed: in
     return float(np.mean(losses[-log_every:]))
 
 
+def with_new_decoder(model, widths: Sequence[str], seed: int):
+    """A copy of `model` with its encoder's weights and a freshly initialised decoder of `widths`."""
+    import dataclasses
+
+    import keras
+
+    try:
+        config = dataclasses.replace(model.config, decoder_filters=tuple(int(width) for width in widths))
+    except ValueError as error:  # int() of a non-number, or ConfigError (a ValueError) for bad widths
+        raise cli.UsageError(f"--decoder_filters={','.join(widths)}: {error}") from None
+    keras.utils.set_random_seed(seed)
+    new = type(model)(model.factor_names, config)
+    new.encoder.set_weights(model.encoder.get_weights())
+    return new
+
+
 def body(flag_values: flags.FlagValues) -> None:
     workdir, out = flag_values.workdir, flag_values.out
     if not workdir or not out:
@@ -121,6 +142,8 @@ def body(flag_values: flags.FlagValues) -> None:
     run_config = config_lib.from_flagfile(flags_path)
     data_dir = flag_values.data_dir or run_config.data_dir
     model, info = export_lib.load_model(os.path.join(workdir, "export"))
+    if flag_values.decoder_filters:
+        model = with_new_decoder(model, flag_values.decoder_filters, flag_values.seed)
     batches = input_pipeline.make_dataset(data_dir, "train", run_config.groups_per_batch, seed=flag_values.seed,
                                           expected_image_size=model.config.image_size,
                                           shuffle_buffer=run_config.shuffle_buffer)
@@ -128,6 +151,8 @@ def body(flag_values: flags.FlagValues) -> None:
                        flag_values.seed, flag_values.log_every)
 
     info = dict(info, refit={"source": os.path.abspath(workdir), "steps": flag_values.steps,
+                             "decoder_filters": list(model.config.decoder_filters),
+                             "new_decoder": bool(flag_values.decoder_filters),
                              "learning_rate": flag_values.learning_rate, "codes": flag_values.codes,
                              "seed": flag_values.seed, "final_reconstruction": final_loss})
     info.pop("calibration", None)  # the evaluation of OUT calibrates its own export
@@ -140,6 +165,8 @@ def body(flag_values: flags.FlagValues) -> None:
         command = " ".join(["python -m tools.refit_decoder", f"--workdir={workdir}", f"--out={out}",
                             f"--steps={flag_values.steps}", f"--learning_rate={flag_values.learning_rate:g}",
                             f"--codes={flag_values.codes}", f"--seed={flag_values.seed}"]
+                           + ([f"--decoder_filters={','.join(flag_values.decoder_filters)}"]
+                              if flag_values.decoder_filters else [])
                            + ([f"--data_dir={flag_values.data_dir}"] if flag_values.data_dir else []))
         io_utils.write_text_atomic(os.path.join(temporary, "COMMAND"), command + "\n")
     except BaseException:

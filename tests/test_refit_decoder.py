@@ -40,7 +40,12 @@ def test_only_the_decoder_changes_and_its_loss_falls(source_run, tmp_path, codes
     assert any(not np.array_equal(a, b) for a, b in zip(decoder_before, decoder_after))
     info = export_lib.read_info(os.path.join(out, "export"))
     assert info["refit"]["codes"] == codes and info["refit"]["steps"] == 20
-    assert open(os.path.join(out, "flags.txt")).read() == open(os.path.join(source_run, "flags.txt")).read()
+    flag_lines = open(os.path.join(out, "flags.txt")).read().splitlines()
+    source_lines = open(os.path.join(source_run, "flags.txt")).read().splitlines()
+    assert f"--workdir={out}" in flag_lines
+    assert [line for line in flag_lines if not line.startswith("--workdir=")] == [
+        line for line in source_lines if not line.startswith("--workdir=")]
+    assert info["calibration"] is None
     assert "tools.refit_decoder" in open(os.path.join(out, "COMMAND")).read()
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
     after = {name: os.path.getmtime(os.path.join(root, name)) for root, _, names in os.walk(source_run)
@@ -56,12 +61,26 @@ def test_only_the_decoder_changes_and_its_loss_falls(source_run, tmp_path, codes
     assert "reconstruction" in metrics["identity_retention"]
 
 
+def test_the_clamped_codes_are_not_the_single_ones(source_run, faces_dataset):
+    """The same seed, batches and start: only the codes differ, and so does the decoder after one step."""
+    from dcign_tf.data import input_pipeline
+
+    decoders = {}
+    for codes in refit_decoder.CODES:
+        model, _ = export_lib.load_model(os.path.join(source_run, "export"))
+        batches = input_pipeline.make_dataset(faces_dataset, "train", 2, seed=0, shuffle_buffer=16)
+        refit_decoder.refit(model, batches, 1, 1e-3, codes, seed=0, log_every=1, log=lambda line: None)
+        decoders[codes] = model.decoder.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(decoders["single"], decoders["clamped"]))
+
+
 def test_a_new_decoder_of_other_widths_keeps_the_encoder(source_run, tmp_path):
     out = str(tmp_path / "wide")
     assert refit_decoder.main([refit_decoder.PROGRAM, f"--workdir={source_run}", f"--out={out}", "--steps=2",
                                "--decoder_filters=12,10,6"]) == 0
     model, info = export_lib.load_model(os.path.join(out, "export"))
     assert model.config.decoder_filters == (12, 10, 6) and info["refit"]["new_decoder"]
+    assert "--decoder_filters=12,10,6" in open(os.path.join(out, "flags.txt")).read().splitlines()
     encoder_before, _ = weights(os.path.join(source_run, "export"))
     assert all(np.array_equal(a, b) for a, b in zip(encoder_before, model.encoder.get_weights()))
 

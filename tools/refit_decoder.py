@@ -20,12 +20,13 @@ KL), stays the run's. The objective is the run's reconstruction term (its --like
 samples of the training split; the KL does not depend on the decoder. Adam with a cosine decay from
 --learning_rate to 0 over --steps, batches of the run's --groups_per_batch groups.
 
-Writes OUT/flags.txt (the run's), OUT/export (as dcign_tf.train exports, with a "refit" field in
+Writes OUT/flags.txt (the run's, with OUT as --workdir and the decoder's widths), OUT/export (as dcign_tf.train exports, with a "refit" field in
 model_info.json) and OUT/COMMAND, into a temporary directory renamed to OUT at the end; RUN is only
 read, and an OUT that exists is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -110,8 +111,6 @@ def refit(model, batches, steps: int, learning_rate: float, codes: str, seed: in
 
 def with_new_decoder(model, widths: Sequence[str], seed: int):
     """A copy of `model` with its encoder's weights and a freshly initialised decoder of `widths`."""
-    import dataclasses
-
     import keras
 
     try:
@@ -155,12 +154,14 @@ def body(flag_values: flags.FlagValues) -> None:
                              "new_decoder": bool(flag_values.decoder_filters),
                              "learning_rate": flag_values.learning_rate, "codes": flag_values.codes,
                              "seed": flag_values.seed, "final_reconstruction": final_loss})
-    info.pop("calibration", None)  # the evaluation of OUT calibrates its own export
+    info["calibration"] = None  # as a fresh training's export: the evaluation of OUT calibrates its own
+    # OUT's flags: the run's, with OUT as its workdir and the decoder it now has.
+    out_config = dataclasses.replace(run_config, workdir=out, decoder_filters=model.config.decoder_filters)
     temporary = f"{out}{io_utils.TEMP_INFIX}{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         os.makedirs(temporary)
-        shutil.copyfile(flags_path, os.path.join(temporary, "flags.txt"))
+        io_utils.write_text_atomic(os.path.join(temporary, "flags.txt"), out_config.to_flagfile())
         export_lib.export_model(model, os.path.join(temporary, "export"), info)
         command = " ".join(["python -m tools.refit_decoder", f"--workdir={workdir}", f"--out={out}",
                             f"--steps={flag_values.steps}", f"--learning_rate={flag_values.learning_rate:g}",

@@ -170,10 +170,10 @@ def body(flag_values: flags.FlagValues) -> None:
                               if flag_values.decoder_filters else [])
                            + ([f"--data_dir={flag_values.data_dir}"] if flag_values.data_dir else []))
         io_utils.write_text_atomic(os.path.join(temporary, "COMMAND"), command + "\n")
+        os.rename(temporary, out)  # fails, leaving nothing behind, if OUT appeared meanwhile
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    os.rename(temporary, out)
     print(f"wrote {out}: {workdir}'s decoder refit for {flag_values.steps} steps on {flag_values.codes} codes "
           f"(reconstruction {final_loss:.2f} nats per image); evaluate it with python -m dcign_tf.evaluate "
           f"--workdir={out}")

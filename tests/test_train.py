@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from dcign_tf import config as config_lib
 from dcign_tf import export as export_lib
+from dcign_tf import train as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACTORS = ["azimuth", "elevation", "light", "identity"]
@@ -27,6 +28,12 @@ def train(workdir, data_dir, *extra, timeout=300):
     result = subprocess.run(train_command(workdir, data_dir, *extra), cwd=REPO, capture_output=True, text=True,
                             timeout=timeout)
     return result.returncode, result.stdout + result.stderr
+
+
+def refused(capsys, workdir, data_dir, *extra):
+    """Runs a command the trainer refuses in this process (no TensorFlow start-up): (status, stderr)."""
+    status = train_lib.main(train_command(workdir, data_dir, *extra)[2:])
+    return status, capsys.readouterr().err
 
 
 def tensor_steps(workdir):
@@ -143,7 +150,8 @@ def error_line(output):
     return lines[-1] if lines else ""
 
 
-def test_bad_input_gets_one_clear_line(tmp_path, faces_dataset):
+def test_bad_input_gets_one_clear_line(tmp_path, faces_dataset, capsys):
+    # In-process: tests/test_cli_errors.py shows that `python -m dcign_tf.train` takes the same path.
     workdir = str(tmp_path / "run")
     cases = [
         (["--bogus_flag=1"], "Unknown command line flag 'bogus_flag'"),
@@ -154,20 +162,16 @@ def test_bad_input_gets_one_clear_line(tmp_path, faces_dataset):
         (["--mirror_factors=azimuth,pose"], "--mirror_factors names ['pose']"),
     ]
     for extra, message in cases:
-        code, output = train(workdir, faces_dataset, *extra)
-        assert code != 0 and "Traceback" not in output, output[-2000:]
-        assert message in output, (extra, output[-1500:])
-    missing = subprocess.run([sys.executable, "-m", "dcign_tf.train", "--flagfile=configs/missing.flags"], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "--flagfile=configs/missing.flags: no such file" in missing.stderr
-    assert "Traceback" not in missing.stderr
+        code, output = refused(capsys, workdir, faces_dataset, *extra)
+        assert code == 2 and "Traceback" not in output, output[-2000:]
+        assert message in error_line(output), (extra, output[-1500:])
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
-def test_a_workdir_with_another_run_is_refused_unless_overwrite(tmp_path, faces_dataset):
+def test_a_workdir_with_another_run_is_refused_unless_overwrite(tmp_path, faces_dataset, capsys):
     workdir = str(tmp_path / "run")
     assert train(workdir, faces_dataset, "--steps=5")[0] == 0
-    code, output = train(workdir, faces_dataset, "--steps=5", "--num_latents=12")
+    code, output = refused(capsys, workdir, faces_dataset, "--steps=5", "--num_latents=12")
     assert code == 2 and "holds a run with another config (num_latents=8, not 12)" in error_line(output)
     assert latest_step(workdir) == 5                # untouched
 
@@ -179,11 +183,11 @@ def test_a_workdir_with_another_run_is_refused_unless_overwrite(tmp_path, faces_
     assert config_lib.from_flagfile(os.path.join(workdir, "flags.txt")).num_latents == 12
 
 
-def test_baseline_mode_and_init_from(tmp_path, faces_dataset):
+def test_baseline_mode_and_init_from(tmp_path, faces_dataset, capsys):
     baseline = str(tmp_path / "baseline")
     code, output = train(baseline, faces_dataset, "--mode=baseline", "--steps=5")
     assert code == 0, output[-2000:]
     code, output = train(str(tmp_path / "clamped"), faces_dataset, f"--init_from={baseline}", "--steps=5")
     assert code == 0 and "initialised the weights from" in output
-    code, output = train(str(tmp_path / "other"), faces_dataset, f"--init_from={baseline}", "--num_latents=12")
+    code, output = refused(capsys, str(tmp_path / "other"), faces_dataset, f"--init_from={baseline}", "--num_latents=12")
     assert code == 2 and "has another architecture (num_latents: 8 != 12)" in output

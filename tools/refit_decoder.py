@@ -20,9 +20,9 @@ KL), stays the run's. The objective is the run's reconstruction term (its --like
 samples of the training split; the KL does not depend on the decoder. Adam with a cosine decay from
 --learning_rate to 0 over --steps, batches of the run's --groups_per_batch groups.
 
-Writes OUT/flags.txt (the run's, with OUT as --workdir and the decoder's widths), OUT/export (as dcign_tf.train exports, with a "refit" field in
-model_info.json) and OUT/COMMAND, into a temporary directory renamed to OUT at the end; RUN is only
-read, and an OUT that exists is refused.
+Writes OUT/flags.txt (the run's, with OUT as --workdir and the decoder's widths), OUT/export (as
+dcign_tf.train exports, with a "refit" field in model_info.json) and OUT/COMMAND, into a temporary
+directory renamed to OUT at the end; RUN is only read, and an OUT that exists is refused.
 """
 from __future__ import annotations
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import filecmp
 import json
 import math
 import os
@@ -521,6 +522,20 @@ def copy_run_summary(source: str, results_dir: str, run: Run) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copytree(source, temporary)
     export_lib.replace_directory(temporary, target)
+
+
+def publish_run_summaries(study: Study, runs: Sequence[Run]) -> None:
+    """Copies into RESULTS_DIR each finished run's summary that it lacks or holds in another version, so
+    that a study stopped between a run's summary and its copy still publishes it when started again."""
+    for run in runs:
+        source = os.path.join(run.dir, RUN_SUMMARY_DIR)
+        if not (os.path.isdir(source) and read_run_summary(source, run, study)):
+            continue
+        target = os.path.join(study.results_dir, run.cell.name, f"seed{run.seed}")
+        names = sorted(os.listdir(source))
+        if not (os.path.isdir(target) and sorted(os.listdir(target)) == names
+                and filecmp.cmpfiles(source, target, names, shallow=False)[0] == names):
+            copy_run_summary(source, study.results_dir, run)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1025,6 +1040,8 @@ def run_study(flag_values: flags.FlagValues) -> int:
     restored = [run for run in selected if run.index in elsewhere]
     for run in restored:
         restore_run_summary(run, elsewhere[run.index])
+    if study.results_dir:
+        publish_run_summaries(study, selected)
     runner = Runner(study, selected, flag_values.parallel, flag_values.train, flag_values.evaluate,
                     flag_values.wait_s, headline)
     finished_before = [run.name for run in selected if runner.progress[run.index].state.kind == "finished"]
@@ -1066,10 +1083,7 @@ def summarize_only(study: Study, headline: Sequence[str]) -> int:
     if study.results_dir:
         check_study_home(study, study.results_dir, create=True)
         if has_study_dir:
-            for run in study.runs:
-                source = os.path.join(run.dir, RUN_SUMMARY_DIR)
-                if os.path.isdir(source) and read_run_summary(source, run, study):
-                    copy_run_summary(source, study.results_dir, run)
+            publish_run_summaries(study, study.runs)
         target = study.results_dir
     elif has_study_dir:
         target = study.study_dir

@@ -217,6 +217,24 @@ def test_a_rerun_trains_and_evaluates_nothing(study, monkeypatch, capsys):
     assert snapshot(study["results_dir"]) == results_before
 
 
+def test_a_run_finished_but_not_yet_copied_to_the_results_dir_is_copied_on_the_next_start(study, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """As if the study was killed between a run's summary and its copy into --results_dir."""
+    study_dir, results = str(tmp_path / "study"), str(tmp_path / "results")
+    shutil.copytree(study["study_dir"], study_dir)
+    shutil.copytree(study["results_dir"], results)
+    shutil.rmtree(os.path.join(results, "baseline", "seed0"))
+    untouched = snapshot(os.path.join(results, "dcign+mirror"))
+    no_subprocesses(monkeypatch)
+    status, out, err = in_process(monkeypatch, capsys, study_args(study_dir, study["data_dir"],
+                                                                  f"--results_dir={results}"))
+    assert status == 0 and "0 to do" in out, err
+    assert snapshot(os.path.join(results, "baseline", "seed0")) and \
+        sorted(os.listdir(os.path.join(results, "baseline", "seed0"))) == ["flags.txt", "metrics.json", "run.json"]
+    assert json.load(open(os.path.join(results, "summary.json")))["runs"]["baseline"]["0"] == "finished"
+    assert snapshot(os.path.join(results, "dcign+mirror")) == untouched  # copies already there are left alone
+
+
 def test_summary_is_rebuilt_from_per_run_summaries_alone(study, tmp_path, monkeypatch, capsys):
     original = json.load(open(os.path.join(study["study_dir"], "summary.json")))
     no_subprocesses(monkeypatch)
